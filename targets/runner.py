@@ -1,0 +1,318 @@
+"""Load and time an exported artifact with numpy and its runtime only.
+
+This file must stay torch-free and free of any other ``edge_distill`` import: it is copied as-is to
+devices (a Raspberry Pi has ``onnxruntime``, not a training stack) and run there as a script.
+
+Example:
+    $ python -m edge_distill.targets.runner model.onnx --inputs inputs.npz --runs 50 --json
+    {"p50_ms": 1.9, "p90_ms": 2.1, ...}
+
+    >>> profile = profile_artifact(Path("model.onnx"), {"input_ids": ids, "attention_mask": mask})
+    >>> profile.p50_ms <= profile.p90_ms
+    True
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# The runtime that runs each artifact kind; the runner dispatches on the file extension.
+RUNTIME_BY_EXTENSION = {".onnx": "onnxruntime", ".tflite": "tflite-runtime", ".pte": "executorch"}
+_ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+_EXIT_FAILURE = 2
+
+
+class RunnerError(RuntimeError):
+    """An artifact that cannot be loaded or run here; the message is one sentence with the fix."""
+
+
+@dataclass(frozen=True)
+class LatencyProfile:
+    """Batch-1 latency, memory and size of one artifact in one runtime on one machine."""
+
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    runs: int
+    warmup: int
+    load_ms: float
+    peak_memory_mb: float
+    size_mb: float
+    threads: int | None
+    runtime: str
+    runtime_version: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LatencyProfile:
+        """Rebuild a profile from :meth:`as_dict` output (e.g. the runner's JSON); unknown keys are errors."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        if set(data) != names:
+            raise ValueError(f"Latency profile keys {sorted(data)} do not match {sorted(names)}.")
+        return cls(**data)
+
+
+# --- runtimes -------------------------------------------------------------------------------------
+
+
+def runtime_for(path: Path) -> str:
+    """The runtime that runs ``path``, from its extension; unknown kinds are a RunnerError."""
+    runtime = RUNTIME_BY_EXTENSION.get(path.suffix)
+    if runtime is None:
+        known = ", ".join(sorted(RUNTIME_BY_EXTENSION))
+        raise RunnerError(f"Unknown artifact kind {path.suffix!r} for {path.name}; known kinds: {known}.")
+    return runtime
+
+
+def load_session(path: Path, *, threads: int | None = None) -> Any:
+    """Load ``path`` in its runtime; ``threads=None`` keeps the runtime's default thread count."""
+    path = Path(path)
+    runtime = runtime_for(path)
+    if not path.is_file():
+        raise RunnerError(f"Artifact {path} does not exist; export the model first or check the path.")
+    if runtime != "onnxruntime":
+        raise RunnerError(
+            f"Running {path.suffix} artifacts is not supported by this runner yet; it needs {runtime}."
+        )
+    return _load_onnxruntime(path, threads)
+
+
+def _load_onnxruntime(path: Path, threads: int | None) -> Any:
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise RunnerError(
+            f"{path.name} needs onnxruntime; install it with `pip install onnxruntime`."
+        ) from exc
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: keep the console clean
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+        raise RunnerError(f"onnxruntime cannot load {path.name}: {_first_line(exc)}.") from exc
+
+
+def run_session(session: Any, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """Run one batch and return the first output; inputs are cast to the dtypes the artifact expects."""
+    feed = {}
+    for spec in session.get_inputs():
+        if spec.name not in inputs:
+            expected = [s.name for s in session.get_inputs()]
+            raise RunnerError(f"Input {spec.name!r} is missing; the artifact expects {expected}.")
+        dtype = _ORT_DTYPES.get(spec.type)
+        array = np.asarray(inputs[spec.name])
+        feed[spec.name] = np.ascontiguousarray(array if dtype is None else array.astype(dtype, copy=False))
+    try:
+        return session.run([session.get_outputs()[0].name], feed)[0]
+    except Exception as exc:
+        raise RunnerError(f"onnxruntime failed to run the artifact: {_first_line(exc)}.") from exc
+
+
+def runtime_version(runtime: str) -> str:
+    if runtime == "onnxruntime":
+        import onnxruntime as ort
+
+        return str(ort.__version__)
+    return "unknown"
+
+
+def artifact_size_bytes(path: Path) -> int:
+    """The artifact's bytes, including any external-data files it references."""
+    files = {path} | _external_data_files(path)
+    return sum(f.stat().st_size for f in files if f.is_file())
+
+
+def _external_data_files(path: Path) -> set[Path]:
+    if path.suffix != ".onnx":
+        return set()
+    try:
+        import onnx
+    except ImportError:  # on a device without onnx: the exporter's naming convention
+        return {path.with_name(path.name + ".data")}
+    model = onnx.load(str(path), load_external_data=False)
+    locations = {
+        entry.value
+        for tensor in model.graph.initializer
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    return {path.parent / location for location in locations}
+
+
+# --- memory ---------------------------------------------------------------------------------------
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (Linux >= 4.0) so the peak covers only what follows."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_bytes() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, kB elsewhere
+
+
+def _current_rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        pass
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except ImportError:
+        return _peak_rss_bytes()  # an upper bound: the memory figure can only be under-reported
+
+
+# --- profiling ------------------------------------------------------------------------------------
+
+
+def profile_artifact(
+    path: Path,
+    inputs: dict[str, np.ndarray],
+    *,
+    warmup: int = 10,
+    runs: int = 50,
+    threads: int | None = None,
+) -> LatencyProfile:
+    """Time batch-1 inference of ``path``: only the first row of each input is used."""
+    if runs < 1 or warmup < 0:
+        raise RunnerError(f"Need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}.")
+    path = Path(path)
+    runtime = runtime_for(path)
+    batch1 = {name: np.asarray(array)[:1] for name, array in inputs.items()}  # (1, ...)
+    size_mb = artifact_size_bytes(path) / 2**20 if path.is_file() else 0.0
+    _reset_peak_rss()
+    rss_before = _current_rss_bytes()
+    start = time.perf_counter()
+    session = load_session(path, threads=threads)
+    load_ms = (time.perf_counter() - start) * 1e3
+    times_ms = _time_runs(lambda: run_session(session, batch1), warmup, runs)
+    peak_mb = max(0.0, (_peak_rss_bytes() - rss_before) / 2**20)
+    p50, p90, p99 = np.percentile(times_ms, [50, 90, 99])
+    return LatencyProfile(
+        p50_ms=float(p50),
+        p90_ms=float(p90),
+        p99_ms=float(p99),
+        mean_ms=float(np.mean(times_ms)),
+        runs=runs,
+        warmup=warmup,
+        load_ms=load_ms,
+        peak_memory_mb=peak_mb,
+        size_mb=size_mb,
+        threads=threads,
+        runtime=runtime,
+        runtime_version=runtime_version(runtime),
+    )
+
+
+def _time_runs(step: Callable[[], object], warmup: int, runs: int) -> np.ndarray:
+    for _ in range(warmup):
+        step()
+    times = np.empty(runs)
+    for i in range(runs):
+        start = time.perf_counter()
+        step()
+        times[i] = (time.perf_counter() - start) * 1e3
+    return times
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0].rstrip(".")
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m edge_distill.targets.runner", description="Time batch-1 inference of an artifact."
+    )
+    parser.add_argument("artifact", type=Path, help="the exported model (.onnx)")
+    parser.add_argument("--inputs", type=Path, required=True, help=".npz with one array per model input")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=None, help="default: the runtime's own default")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser.parse_args(argv)
+
+
+def _load_inputs(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise RunnerError(f"Inputs file {path} does not exist; pass an .npz with one array per input.")
+    with np.load(path, allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: print the profile (one JSON object with ``--json``); exit 2 with one line on error."""
+    args = _parse_args(argv)
+    try:
+        inputs = _load_inputs(args.inputs)
+        profile = profile_artifact(
+            args.artifact, inputs, warmup=args.warmup, runs=args.runs, threads=args.threads
+        )
+    except RunnerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return _EXIT_FAILURE
+    except Exception as exc:  # anything else still ends in one line the caller can show
+        print(
+            f"error: profiling {args.artifact.name} failed: {type(exc).__name__}: {_first_line(exc)}.",
+            file=sys.stderr,
+        )
+        return _EXIT_FAILURE
+    if args.json:
+        print(json.dumps(profile.as_dict()))
+    else:
+        print(
+            f"{args.artifact.name}: p50 {profile.p50_ms:.3f} ms, p90 {profile.p90_ms:.3f} ms, "
+            f"p99 {profile.p99_ms:.3f} ms, load {profile.load_ms:.1f} ms, "
+            f"peak {profile.peak_memory_mb:.1f} MB, size {profile.size_mb:.2f} MB ({profile.runtime})"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
