@@ -1,0 +1,121 @@
+"""The Python API behind the command line: resolve the inputs into a Job, then run it.
+
+Example:
+    >>> from edge_distill.api import fit_to_device
+    >>> report = fit_to_device(profile="raspberry-pi")        # the built-in demo  # doctest: +SKIP
+    >>> report["result"]["fits"]                                                    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from edge_distill.data import TextDataset, load_demo_data, load_text_file
+from edge_distill.errors import DataError, TeacherError
+from edge_distill.loop import Job, Reporter, cache_root, run_job
+from edge_distill.profiles import Budget, DeviceProfile, load_profile, resolve_budget
+from edge_distill.teachers import Teacher, build_demo_teacher, load_teacher
+from edge_distill.trainer import TrainSettings
+
+
+def load_inputs(
+    *,
+    teacher: str | None,
+    data: str | None,
+    text_column: str = "text",
+    label_column: str = "label",
+    seq_len: int = 128,
+    max_per_class: int | None = None,
+    seed: int = 0,
+    reporter: Reporter | None = None,
+) -> tuple[Teacher, TextDataset]:
+    """The teacher and data: the built-in demo when neither is given, else the user's pair."""
+    reporter = reporter or Reporter()
+    if teacher is None and data is None:
+        dataset = load_demo_data(max_per_class=max_per_class, seed=seed)
+        reporter.say(
+            "No teacher given: built-in demo (all-MiniLM-L6-v2 + topic head, BBC News, "
+            f"{len(dataset.label_names)} classes)"
+        )
+        return build_demo_teacher(dataset, seq_len=seq_len, cache_dir=cache_root() / "teachers"), dataset
+    if teacher is None:
+        raise TeacherError("--data was given without a teacher; pass --teacher PATH_OR_HUB_ID as well.")
+    if data is None:
+        raise DataError("--teacher was given without data; pass --data FILE (CSV, JSONL or Parquet) as well.")
+    loaded = load_teacher(teacher)
+    dataset = load_text_file(
+        data, text_column=text_column, label_column=label_column, seed=seed, label_names=loaded.label_names
+    )
+    return loaded, dataset
+
+
+def default_out_dir(profile: DeviceProfile) -> Path:
+    return Path("runs") / f"{profile.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+
+
+def resolve_device(
+    profile: str | Path,
+    *,
+    budget: Mapping[str, float | None] | None = None,
+    config: Mapping[str, float] | None = None,
+    config_source: str = "config file",
+) -> tuple[DeviceProfile, Budget]:
+    """The profile and its budget, by precedence: command line > config file > profile default."""
+    device = load_profile(profile)
+    overrides = {k: v for k, v in (budget or {}).items() if v is not None}
+    return device, resolve_budget(device, **overrides, config=config, config_source=config_source)
+
+
+def make_job(
+    *,
+    profile: DeviceProfile,
+    budget: Budget,
+    teacher: str | None = None,
+    data: str | None = None,
+    train: TrainSettings | None = None,
+    out_dir: Path | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+    seq_len: int | None = None,
+    max_rounds: int = 4,
+    max_per_class: int | None = None,
+    reporter: Reporter | None = None,
+) -> Job:
+    """Load the teacher and data (the demo when neither is given) into a Job for ``profile``."""
+    length = seq_len or profile.sequence_length
+    train = train or TrainSettings()
+    loaded, dataset = load_inputs(
+        teacher=teacher,
+        data=data,
+        text_column=text_column,
+        label_column=label_column,
+        seq_len=length,
+        max_per_class=max_per_class,
+        seed=train.seed,
+        reporter=reporter,
+    )
+    return Job(
+        profile=profile,
+        budget=budget,
+        teacher=loaded,
+        data=dataset,
+        out_dir=out_dir or default_out_dir(profile),
+        train=train,
+        max_rounds=max_rounds,
+        seq_len=length,
+    )
+
+
+def fit_to_device(
+    profile: str | Path,
+    *,
+    budget: Mapping[str, float | None] | None = None,
+    reporter: Reporter | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Distil a student that fits ``profile`` (other keywords as ``make_job``); returns the report."""
+    device, resolved = resolve_device(profile, budget=budget)
+    return run_job(make_job(profile=device, budget=resolved, reporter=reporter, **options), reporter)

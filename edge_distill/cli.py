@@ -1,0 +1,225 @@
+"""The command line. Thin: parse, call the library, print.
+
+Exit codes: 0 a student fits (or the command succeeded); 2 bad input, with one sentence naming the
+problem and the fix; 3 no student fits the budget; 130 interrupted (nothing half-written is left).
+
+Example:
+    $ edge-distill --profile raspberry-pi
+    $ edge-distill profiles --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+from edge_distill import __version__
+from edge_distill.errors import EdgeDistillError, ProfileError
+
+JSON_SCHEMA = 1
+CONFIG_KEYS = {"budget": {"latency_ms", "memory_mb", "size_mb"}}
+
+
+def run_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-distill",
+        description="Distil a teacher into a student that fits a device profile "
+        "(the built-in demo when no teacher and data are given). "
+        "Other commands: `edge-distill profiles [show NAME]`.",
+    )
+    parser.add_argument("--version", action="version", version=f"edge-distill {__version__}")
+    parser.add_argument("--profile", required=True, help="device profile name or alias, or a path to a .toml")
+    parser.add_argument("--teacher", help="Hugging Face sequence-classification folder or hub id")
+    parser.add_argument("--data", help="CSV, JSONL or Parquet file with text and label columns")
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--label-column", default="label")
+    parser.add_argument(
+        "--latency-ms", type=float, help="p90 latency budget at batch 1 (overrides the profile)"
+    )
+    parser.add_argument("--memory-mb", type=float, help="runtime memory budget (overrides the profile)")
+    parser.add_argument("--size-mb", type=float, help="artifact size budget (overrides the profile)")
+    parser.add_argument(
+        "--config", type=Path, help="TOML file with a [budget] table (below the command line)"
+    )
+    parser.add_argument("--temperature", type=float, default=2.0, help="softmax temperature for soft targets")
+    parser.add_argument("--alpha", type=float, default=0.5, help="weight of the soft-target (KD) loss vs CE")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seq-len", type=int, help="tokens per input (default: the profile's)")
+    parser.add_argument("--max-rounds", type=int, default=4)
+    parser.add_argument("--max-per-class", type=int, help="use at most N examples per class of the demo data")
+    parser.add_argument("--out", type=Path, help="run folder (default runs/<profile>-<time>)")
+    parser.add_argument("--json", action="store_true", help="print a JSON envelope instead of text")
+    return parser
+
+
+def profiles_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-distill profiles", description="List or show device profiles."
+    )
+    parser.add_argument("action", nargs="?", choices=["show"], help="show one profile")
+    parser.add_argument("name", nargs="?", help="profile name, alias or .toml path (with `show`)")
+    parser.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    console = Console(stderr=False)
+    wants_json = "--json" in argv
+    command = "profiles" if argv[:1] == ["profiles"] else "run"
+    try:
+        if command == "profiles":
+            return profiles_command(profiles_parser().parse_args(argv[1:]), console)
+        return run_command(run_parser().parse_args(argv), console)
+    except EdgeDistillError as error:
+        return fail(console, command, wants_json, str(error), error.exit_code)
+    except KeyboardInterrupt:
+        return fail(console, command, wants_json, "Interrupted; nothing half-written was left behind.", 130)
+
+
+def fail(console: Console, command: str, wants_json: bool, message: str, code: int) -> int:
+    if wants_json:
+        print(json.dumps(envelope(command, None, error=message, code=code)))
+    else:
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    return code
+
+
+def envelope(command: str, result: Any, *, error: str | None = None, code: int = 0) -> dict[str, Any]:
+    return {
+        "schema": JSON_SCHEMA,
+        "command": command,
+        "ok": code == 0,
+        "exit_code": code,
+        "error": error,
+        "result": result,
+    }
+
+
+def profiles_command(args: argparse.Namespace, console: Console) -> int:
+    from edge_distill.profiles import available_profiles, load_profile, profile_detail, profiles_table
+
+    if args.action == "show":
+        if not args.name:
+            raise ProfileError(
+                "`edge-distill profiles show` needs a profile name; run `edge-distill profiles`."
+            )
+        profile = load_profile(args.name)
+        if args.json:
+            print(json.dumps(envelope("profiles show", profile.as_dict()), indent=2))
+        else:
+            console.print(profile_detail(profile))
+        return 0
+    profiles = available_profiles()
+    if args.json:
+        print(json.dumps(envelope("profiles", [p.as_dict() for p in profiles]), indent=2))
+    else:
+        console.print(profiles_table(profiles))
+    return 0
+
+
+def read_config(path: Path | None) -> dict[str, float] | None:
+    """The [budget] table of a run config file; unknown keys are errors."""
+    if path is None:
+        return None
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ProfileError(f"Config file {path} does not exist; check the --config path.") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"Config file {path} is not valid TOML ({exc}); fix the syntax.") from exc
+    unknown = set(raw) - set(CONFIG_KEYS) or set(raw.get("budget", {})) - CONFIG_KEYS["budget"]
+    if unknown:
+        raise ProfileError(
+            f"Config file {path} has unknown key(s) {', '.join(sorted(unknown))}; "
+            f"allowed: [budget] with {', '.join(sorted(CONFIG_KEYS['budget']))}."
+        )
+    return raw.get("budget", {})
+
+
+def run_command(args: argparse.Namespace, console: Console) -> int:
+    from edge_distill.api import make_job, resolve_device
+    from edge_distill.console import ConsoleReporter, rounds_table
+    from edge_distill.loop import run_job
+    from edge_distill.trainer import TrainSettings
+
+    quiet = Console(quiet=True) if args.json else console
+    reporter = ConsoleReporter(quiet)
+    train = TrainSettings(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        temperature=args.temperature,
+        alpha=args.alpha,
+        seed=args.seed,
+    )
+    profile, budget = resolve_device(
+        args.profile,
+        budget={"latency_ms": args.latency_ms, "memory_mb": args.memory_mb, "size_mb": args.size_mb},
+        config=read_config(args.config),
+        config_source=f"config file {args.config}",
+    )
+    alias = f" (alias of {profile.name})" if args.profile in profile.aliases else ""
+    quiet.print(
+        f"Profile {args.profile}{alias}: budget p90 latency <= {budget.latency_ms:g} ms, "
+        f"memory <= {budget.memory_mb:g} MB, size <= {budget.size_mb:g} MB",
+        highlight=False,
+    )
+    job = make_job(
+        profile=profile,
+        budget=budget,
+        teacher=args.teacher,
+        data=args.data,
+        train=train,
+        out_dir=args.out,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        seq_len=args.seq_len,
+        max_rounds=args.max_rounds,
+        max_per_class=args.max_per_class,
+        reporter=reporter,
+    )
+    try:
+        report = run_job(job, reporter)
+    except EdgeDistillError as error:
+        report_path = job.out_dir / "report.json"
+        if report_path.exists() and not args.json:
+            console.print(rounds_table(json.loads(report_path.read_text())))
+            console.print(f"Report: {report_path}")
+        raise error
+    if args.json:
+        print(json.dumps(envelope("run", {"report": str(job.out_dir / "report.json"), **report["result"]})))
+        return 0
+    console.print(rounds_table(report))
+    console.print(fits_line(report), highlight=False)
+    console.print(f"Report: {job.out_dir / 'report.json'}", highlight=False)
+    return 0
+
+
+def fits_line(report: dict[str, Any]) -> str:
+    result = report["result"]
+    winner = next(r for r in report["rounds"] if r["round"] == result["round"])
+    where = (
+        "measured on this host"
+        if winner["latency_source"] == "measured-host"
+        else (f"predicted on {report['profile']['name']}")
+    )
+    return (
+        f"Fits: round {winner['round']}, {winner['student']['params'] / 1e6:.1f}M params, "
+        f"accuracy {winner['metric']['value']:.3f} (retention {winner['retention']:.1%}), "
+        f"p90 {winner['latency_ms']['p90']:.1f} ms {where}; artifact {result['artifact']}"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

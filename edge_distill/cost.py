@@ -1,0 +1,201 @@
+"""What a model costs: params, bytes, FLOPs, memory, and its latency on a device.
+
+The latency model, stated plainly:
+
+1. A reference workload (MobileNet V1 1.0 at 224, the model device tables publish latencies for) is
+   exported to ONNX and timed on this host: ``host_ref_gflops = FLOPs / host time``. Cached per machine.
+2. A profile gives the device's effective throughput on the same workload: ``device_gflops``.
+3. A model measured on this host at ``t_host`` is predicted to take
+   ``t_host * host_ref_gflops / device_gflops`` on the device.
+4. A model not yet measured gets ``t_host = FLOPs / host_family_gflops``, where ``host_family_gflops`` is
+   the throughput of the measured model of its family with the nearest FLOPs (the teacher at first):
+   the calibration that every measurement refines.
+
+Example:
+    >>> model = LatencyModel(device_gflops=34.0, host_ref_gflops=60.0)  # doctest: +SKIP
+    >>> model.observe(flops=2.7e9, host_ms=30.0)                        # doctest: +SKIP
+    >>> model.predict_device_ms(1.8e9)                                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+BYTES_PER_PARAM = {"fp32": 4, "fp16": 2, "int8": 1}
+REFERENCE_NAME = "MobileNet V1 1.0 224"
+# An ONNX Runtime session's own footprint before any weights: used until the first measurement.
+DEFAULT_MEMORY_RATIO = 2.0
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (shared tensors counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def count_flops(model: nn.Module, example: dict[str, torch.Tensor]) -> int:
+    """FLOPs of one forward pass on ``example`` (a multiply-add counts as two), by torch's counter."""
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(**example)
+    return int(counter.get_total_flops())
+
+
+def artifact_mb(params: int, precision: str = "fp32") -> float:
+    """Predicted artifact size: the weights at ``precision`` (graph overhead is small beside them)."""
+    return params * BYTES_PER_PARAM[precision] / 2**20
+
+
+class MobileNetV1(nn.Module):
+    """MobileNet V1 1.0 (Howard et al., 2017) built from plain torch layers: the reference workload.
+
+    Random weights: only its cost matters. No torchvision needed.
+    """
+
+    BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)) + ((512, 1),) * 5
+    BLOCKS += ((1024, 2), (1024, 1))
+
+    def __init__(self, classes: int = 1000) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [*_conv_bn(3, 32, 3, 2, groups=1)]
+        width = 32
+        for out, stride in self.BLOCKS:
+            layers += [
+                *_conv_bn(width, width, 3, stride, groups=width),
+                *_conv_bn(width, out, 1, 1, groups=1),
+            ]
+            width = out
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(width, classes)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:  # (batch, 3, 224, 224) -> (batch, classes)
+        return self.fc(self.features(pixels))
+
+
+def _conv_bn(cin: int, cout: int, kernel: int, stride: int, *, groups: int) -> list[nn.Module]:
+    conv = nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, groups=groups, bias=False)
+    return [conv, nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+@dataclass(frozen=True)
+class HostReference:
+    """This host's measured speed on the reference workload."""
+
+    gflops: float
+    p50_ms: float
+    flops: int
+    runtime: str
+    machine: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "workload": REFERENCE_NAME,
+            "gflops": round(self.gflops, 2),
+            "p50_ms": round(self.p50_ms, 3),
+            "flops": self.flops,
+            "runtime": self.runtime,
+            "machine": self.machine,
+        }
+
+
+def machine_signature() -> str:
+    """Identifies this host's CPU and runtime so that a cached reference is not reused elsewhere."""
+    import onnxruntime
+
+    cpu = platform.processor() or platform.machine()
+    model_name = _cpu_model_name() or cpu
+    return f"{model_name}|{torch.get_num_threads()} threads|onnxruntime {onnxruntime.__version__}"
+
+
+def _cpu_model_name() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        return None
+    return None
+
+
+def measure_host_reference(cache_dir: Path, *, runs: int = 30) -> HostReference:
+    """Time the reference workload in ONNX Runtime on this host, once per machine (cached as JSON)."""
+    from edge_distill.atomic import write_json_atomic
+    from edge_distill.devices import profile_on_host
+    from edge_distill.targets.base import get_target
+
+    signature = machine_signature()
+    cache_file = cache_dir / "host-reference.json"
+    if cache_file.exists():
+        cached = json.loads(cache_file.read_text())
+        if cached.get("machine") == signature:
+            return HostReference(
+                **{k: cached[k] for k in ("gflops", "p50_ms", "flops", "runtime", "machine")}
+            )
+    model = MobileNetV1().eval()
+    example = {"pixels": torch.randn(1, 3, 224, 224)}
+    flops = count_flops(model, example)
+    with tempfile.TemporaryDirectory() as tmp:
+        artifact = get_target("onnx").export(model, example, Path(tmp) / "reference")
+        timing = profile_on_host(artifact, {"pixels": example["pixels"].numpy()}, warmup=5, runs=runs)
+    reference = HostReference(
+        gflops=flops / (timing.p50_ms * 1e6),
+        p50_ms=timing.p50_ms,
+        flops=flops,
+        runtime=f"{timing.runtime} {timing.runtime_version}",
+        machine=signature,
+    )
+    write_json_atomic(cache_file, {**reference.as_dict(), "gflops": reference.gflops})
+    return reference
+
+
+@dataclass
+class LatencyModel:
+    """Predicts device latency from host measurements and FLOPs (see the module docstring)."""
+
+    device_gflops: float
+    host_ref_gflops: float
+    # (flops, host_ms, peak_memory_mb, size_mb) of every model measured on this host in this run
+    measurements: list[tuple[int, float, float, float]] = field(default_factory=list)
+
+    def observe(self, *, flops: int, host_ms: float, memory_mb: float = 0.0, size_mb: float = 0.0) -> None:
+        """Record a host measurement; later predictions calibrate on it."""
+        self.measurements.append((flops, host_ms, memory_mb, size_mb))
+
+    def _nearest(self, flops: int) -> tuple[int, float, float, float] | None:
+        if not self.measurements:
+            return None
+        return min(self.measurements, key=lambda m: abs(m[0] - flops))
+
+    def predict_host_ms(self, flops: int) -> float:
+        nearest = self._nearest(flops)
+        host_gflops = nearest[0] / (nearest[1] * 1e6) if nearest else self.host_ref_gflops
+        return flops / (host_gflops * 1e6)
+
+    def device_ms_from_host(self, host_ms: float) -> float:
+        return host_ms * self.host_ref_gflops / self.device_gflops
+
+    def predict_device_ms(self, flops: int) -> float:
+        return self.device_ms_from_host(self.predict_host_ms(flops))
+
+    def predict_memory_mb(self, size_mb: float) -> float:
+        """Runtime peak memory: size times the ratio last measured (weights loaded plus workspace)."""
+        measured = [m for m in self.measurements if m[3] > 0]
+        ratio = measured[-1][2] / measured[-1][3] if measured else DEFAULT_MEMORY_RATIO
+        return size_mb * ratio
+
+    def calibration(self) -> dict[str, object]:
+        """What a `predicted` latency rests on, for the report."""
+        return {
+            "method": "host-measured (or FLOPs-scaled) latency x host/device throughput on the reference",
+            "reference_workload": REFERENCE_NAME,
+            "host_reference_gflops": round(self.host_ref_gflops, 2),
+            "device_gflops": round(self.device_gflops, 2),
+            "host_measurements": len(self.measurements),
+        }

@@ -1,0 +1,328 @@
+"""The budget loop: plan, distill, export, verify, profile, decide.
+
+Example:
+    >>> job = Job(profile=profile, budget=budget, teacher=teacher, data=data, out_dir=out)  # doctest: +SKIP
+    >>> report = run_job(job)                                                               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+import torch
+
+from edge_distill.atomic import atomic_dir
+from edge_distill.cache import TeacherCache, cache_key
+from edge_distill.cost import HostReference, LatencyModel, measure_host_reference
+from edge_distill.data import TextDataset, tokenize
+from edge_distill.devices import profile_on_host
+from edge_distill.errors import EdgeDistillError, NothingFitsError
+from edge_distill.planner import Candidate, closest_miss, cost_candidates, misses, model_cost, pick, predict
+from edge_distill.profiles import Budget, DeviceProfile
+from edge_distill.report import build_report, save_student, write_report
+from edge_distill.students import LogitsOnly, build_student
+from edge_distill.targets.base import check_parity, get_target
+from edge_distill.teachers import Teacher
+from edge_distill.trainer import TrainSettings, accuracy, agreement, distill, predict_logits
+
+StepCallback = Callable[[int, int, dict[str, float]], None]
+
+
+class Reporter:
+    """Where the loop tells a person what it is doing. The default says nothing."""
+
+    def say(self, text: str) -> None:
+        """One status line."""
+
+    @contextmanager
+    def steps(self, description: str, total: int) -> Iterator[StepCallback]:
+        """A progress bar for ``total`` steps; yields the per-step callback."""
+        yield lambda step, total, parts: None
+
+
+def cache_root() -> Path:
+    """The user cache folder (``EDGE_DISTILL_CACHE`` overrides it, e.g. for tests)."""
+    return Path(os.environ.get("EDGE_DISTILL_CACHE") or platformdirs.user_cache_dir("edge-distill"))
+
+
+@dataclass
+class Job:
+    """Everything one run needs, resolved: the CLI and the Python API both build one of these."""
+
+    profile: DeviceProfile
+    budget: Budget
+    teacher: Teacher
+    data: TextDataset
+    out_dir: Path
+    train: TrainSettings = field(default_factory=TrainSettings)
+    target: str = "onnx"
+    max_rounds: int = 4
+    seq_len: int | None = None
+    profile_runs: int = 50
+    parity_examples: int = 64
+
+    @property
+    def sequence_length(self) -> int:
+        return self.seq_len or self.profile.sequence_length
+
+
+@dataclass
+class Context:
+    """State shared by the rounds of one run."""
+
+    job: Job
+    work: Path
+    inputs: dict[str, dict[str, torch.Tensor]]
+    teacher_logits: dict[str, torch.Tensor]
+    teacher_info: dict[str, Any]
+    latency: LatencyModel
+    host_reference: HostReference
+    reporter: Reporter
+    cache_info: dict[str, Any]
+
+
+def run_job(job: Job, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Run the whole job; return the report. Raises NothingFitsError (exit 3) when no student fits.
+
+    Everything is written into a temporary folder renamed to ``job.out_dir`` at the end, so a failed run
+    leaves nothing half-written; a run where nothing fits still leaves its report.
+    """
+    reporter = reporter or Reporter()
+    if job.out_dir.exists() and any(job.out_dir.iterdir()):
+        raise EdgeDistillError(f"Run folder {job.out_dir} already exists; pass another --out or remove it.")
+    with atomic_dir(job.out_dir) as work:
+        ctx = prepare(job, work, reporter)
+        rounds, winner = run_rounds(ctx)
+        report = build_report(ctx, rounds, winner)
+        write_report(work, report)
+    if not report["result"]["fits"]:
+        raise NothingFitsError(report["result"]["reason"])
+    return report
+
+
+def prepare(job: Job, work: Path, reporter: Reporter) -> Context:
+    """Tokenise, fetch teacher outputs (cached), calibrate on this host, measure the teacher."""
+    seq_len = job.sequence_length
+    splits = {"train": job.data.train, "val": job.data.val, "test": job.data.test}
+    inputs = {name: tokenize(job.teacher.tokenizer, split.texts, seq_len) for name, split in splits.items()}
+    key = cache_key(
+        job.teacher.fingerprint(), job.data.fingerprint(), {"seq_len": seq_len, "outputs": "logits"}
+    )
+    cache = TeacherCache(cache_root() / "teacher-outputs")
+
+    def compute() -> dict[str, torch.Tensor]:
+        reporter.say("Computing teacher outputs once (cached for every round and later runs)")
+        return {name: predict_logits(job.teacher.model, batch) for name, batch in inputs.items()}
+
+    logits, hit = cache.get_or_compute(key, compute)
+    reporter.say("Calibrating the latency model on this host (reference workload, cached per machine)")
+    reference = measure_host_reference(cache_root())
+    device = job.profile.throughput_for("fp32")
+    device_gflops = reference.gflops if job.profile.measured or device is None else device.gflops
+    latency = LatencyModel(device_gflops=device_gflops, host_ref_gflops=reference.gflops)
+    ctx = Context(job, work, inputs, logits, {}, latency, reference, reporter, {})
+    ctx.cache_info = {"cache": "hit" if hit else "computed", "key": key, "path": str(cache.path(key))}
+    ctx.teacher_info = measure_teacher(ctx)
+    reporter.say(teacher_line(ctx))
+    return ctx
+
+
+def teacher_line(ctx: Context) -> str:
+    info, budget = ctx.teacher_info, ctx.job.budget
+    p90 = info["latency_ms"]["p90"]
+    verdict = "within budget" if p90 <= budget.latency_ms else "over budget"
+    where = "measured on this host" if ctx.job.profile.measured else f"predicted on {ctx.job.profile.name}"
+    return (
+        f"Teacher: {info['params'] / 1e6:.1f}M params, "
+        f"accuracy {info['metric']['value']:.3f} on held-out data; "
+        f"p90 {p90:.0f} ms {where} -> {verdict}"
+    )
+
+
+def measure_teacher(ctx: Context) -> dict[str, Any]:
+    """The teacher's accuracy and its cost on this host and (predicted) on the device."""
+    job, labels = ctx.job, torch.as_tensor(ctx.job.data.test.labels)
+    params, flops = model_cost(job.teacher.model, job.sequence_length)
+    with tempfile.TemporaryDirectory() as tmp:
+        artifact = get_target(job.target).export(LogitsOnly(job.teacher.model), batch_one(ctx), Path(tmp))
+        timing = profile_on_host(artifact, numpy_batch_one(ctx), runs=job.profile_runs)
+    ctx.latency.observe(
+        flops=flops, host_ms=timing.p90_ms, memory_mb=timing.peak_memory_mb, size_mb=timing.size_mb
+    )
+    return {
+        "name": job.teacher.name,
+        "path": str(job.teacher.path),
+        "params": params,
+        "flops": flops,
+        "size_mb": round(timing.size_mb, 2),
+        "metric": {
+            "name": "accuracy",
+            "split": "test",
+            "value": accuracy(ctx.teacher_logits["test"], labels),
+        },
+        **latency_fields(ctx, timing),
+        "peak_memory_mb": round(timing.peak_memory_mb, 1),
+    }
+
+
+def latency_fields(ctx: Context, timing: Any) -> dict[str, Any]:
+    """Latency on the device with where it comes from, and the host measurement it rests on."""
+    host = {"p50": timing.p50_ms, "p90": timing.p90_ms, "p99": timing.p99_ms}
+    if ctx.job.profile.measured:
+        return {
+            "latency_ms": rounded(host),
+            "latency_source": "measured-host",
+            "host_latency_ms": rounded(host),
+        }
+    device = {k: ctx.latency.device_ms_from_host(v) for k, v in host.items()}
+    return {
+        "latency_ms": rounded(device),
+        "latency_source": "predicted",
+        "calibration": ctx.latency.calibration(),
+        "host_latency_ms": rounded(host),
+    }
+
+
+def rounded(values: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 3) for k, v in values.items()}
+
+
+def batch_one(ctx: Context) -> dict[str, torch.Tensor]:
+    return {k: v[:1] for k, v in ctx.inputs["test"].items()}
+
+
+def numpy_batch_one(ctx: Context) -> dict[str, Any]:
+    return {k: v.numpy() for k, v in batch_one(ctx).items()}
+
+
+def run_rounds(ctx: Context) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Train and measure candidates, largest predicted to fit first, until one fits or none is left."""
+    job = ctx.job
+    candidates = cost_candidates(job.teacher.model.config, seq_len=job.sequence_length)
+    rounds: list[dict[str, Any]] = []
+    ceilings: dict[str, float] = {}
+    while len(rounds) < job.max_rounds:
+        candidate = pick(candidates, job.budget, ctx.latency, ceilings=ceilings)
+        if candidate is None:
+            break
+        record = run_round(ctx, candidate, index=len(rounds) + 1)
+        rounds.append(record)
+        if record["fits"]:
+            return rounds, record
+        lower_ceilings(ceilings, candidate, record)
+    if not rounds:
+        nothing_fits_before_training(ctx, candidates)
+    return rounds, None
+
+
+def lower_ceilings(ceilings: dict[str, float], candidate: Candidate, record: dict[str, Any]) -> None:
+    """After a miss, only strictly cheaper students on the missed axis remain worth trying."""
+    missed = {m["budget"] for m in record["misses"]}
+    if "latency_ms" in missed:
+        ceilings["flops"] = min(ceilings.get("flops", float("inf")), candidate.flops)
+    if missed & {"size_mb", "memory_mb"}:
+        ceilings["params"] = min(ceilings.get("params", float("inf")), candidate.params)
+
+
+def nothing_fits_before_training(ctx: Context, candidates: list[Candidate]) -> None:
+    """No candidate is predicted to fit: say which budget the closest one misses, and by how much."""
+    best, missed = closest_miss(candidates, ctx.job.budget, ctx.latency)
+    reason = "; ".join(m.sentence for m in missed)
+    raise NothingFitsError(
+        f"No student of this teacher can fit {ctx.job.profile.name}: even the closest, "
+        f"{best.spec.label} ({best.params / 1e6:.1f}M params), is predicted to miss ({reason}); "
+        "raise the budget (--latency-ms, --memory-mb, --size-mb) or pick a larger device profile."
+    )
+
+
+def run_round(ctx: Context, candidate: Candidate, *, index: int) -> dict[str, Any]:
+    """Distill one candidate, export it, verify parity, profile it, and judge it against the budget."""
+    job, reporter = ctx.job, ctx.reporter
+    predicted = predict(candidate, ctx.latency)
+    reporter.say(
+        f"Round {index}: student {candidate.spec.label} ({candidate.params / 1e6:.1f}M params), "
+        f"predicted p90 {predicted['latency_ms']:.1f} ms"
+    )
+    student = build_student(job.teacher.model, candidate.spec, seed=job.train.seed)
+    labels = {name: torch.as_tensor(getattr(job.data, name).labels) for name in ("train", "test")}
+    total = job.train.epochs * -(-len(labels["train"]) // job.train.batch_size)
+    with reporter.steps(f"distilling {candidate.spec.label}", total) as on_step:
+        trained = distill(
+            student,
+            ctx.inputs["train"],
+            ctx.teacher_logits["train"],
+            labels["train"],
+            job.train,
+            on_step=on_step,
+        )
+    test_logits = predict_logits(student, ctx.inputs["test"])
+    out = ctx.work / "artifacts" / f"round-{index}-{job.target}"
+    wrapped = LogitsOnly(student).eval()
+    artifact = get_target(job.target).export(wrapped, batch_one(ctx), out)
+    held_out = {k: v[: job.parity_examples] for k, v in ctx.inputs["test"].items()}
+    parity = check_parity(get_target(job.target), artifact, wrapped, held_out)
+    reporter.say(f"exported {job.target}, parity ok (max abs diff {parity.max_abs_diff:.2e})")
+    timing = profile_on_host(artifact, numpy_batch_one(ctx), runs=job.profile_runs)
+    ctx.latency.observe(
+        flops=candidate.flops, host_ms=timing.p90_ms, memory_mb=timing.peak_memory_mb, size_mb=timing.size_mb
+    )
+    record = round_record(ctx, candidate, index, predicted, trained, test_logits, labels["test"], timing)
+    record.update(parity=parity.as_dict(), artifact=str(artifact.relative_to(ctx.work)))
+    record["_student"] = student  # kept in memory only, for saving the winner
+    verdict = "fits" if record["fits"] else "misses: " + "; ".join(record["miss_sentences"])
+    reporter.say(
+        f"  accuracy {record['metric']['value']:.3f} (retention {record['retention']:.1%}), "
+        f"p90 {record['latency_ms']['p90']:.1f} ms {record['latency_source']}, "
+        f"{record['peak_memory_mb']:.0f} MB peak, {record['size_mb']:.1f} MB -> {verdict}"
+    )
+    return record
+
+
+def round_record(
+    ctx: Context,
+    candidate: Candidate,
+    index: int,
+    predicted: dict[str, float],
+    trained: Any,
+    test_logits: torch.Tensor,
+    labels: torch.Tensor,
+    timing: Any,
+) -> dict[str, Any]:
+    """The round as report.json states it."""
+    fields = latency_fields(ctx, timing)
+    measured = {
+        "latency_ms": fields["latency_ms"]["p90"],
+        "memory_mb": timing.peak_memory_mb,
+        "size_mb": timing.size_mb,
+    }
+    missed = misses(measured, ctx.job.budget)
+    metric = accuracy(test_logits, labels)
+    teacher_metric = ctx.teacher_info["metric"]["value"]
+    return {
+        "round": index,
+        "student": {**candidate.spec.as_dict(), "params": candidate.params, "flops": candidate.flops},
+        "predicted": rounded(predicted),
+        "target": ctx.job.target,
+        "precision": "fp32",
+        "size_mb": round(timing.size_mb, 2),
+        **fields,
+        "peak_memory_mb": round(timing.peak_memory_mb, 1),
+        "memory_source": "measured-host",
+        "metric": {"name": "accuracy", "split": "test", "value": metric},
+        "retention": metric / teacher_metric if teacher_metric else None,
+        "agreement": agreement(test_logits, ctx.teacher_logits["test"]),
+        "train": trained.as_dict(),
+        "fits": not missed,
+        "misses": [m.as_dict() for m in missed],
+        "miss_sentences": [m.sentence for m in missed],
+    }
+
+
+__all__ = ["Job", "Reporter", "cache_root", "run_job", "save_student"]

@@ -1,0 +1,134 @@
+"""Costing candidate students against a budget, and picking the next one to train.
+
+Example:
+    >>> candidates = cost_candidates(teacher.model.config, seq_len=128)   # doctest: +SKIP
+    >>> pick(candidates, budget, latency_model, tried=[])                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from transformers import AutoModelForSequenceClassification, PretrainedConfig
+
+from edge_distill.cost import LatencyModel, artifact_mb, count_flops, count_params
+from edge_distill.students import StudentSpec, student_config, student_space
+
+if TYPE_CHECKING:
+    from edge_distill.profiles import Budget
+
+BUDGET_UNITS = {"latency_ms": "ms", "memory_mb": "MB", "size_mb": "MB"}
+BUDGET_NAMES = {"latency_ms": "p90 latency", "memory_mb": "memory", "size_mb": "size"}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A student shape with what it costs, independent of the device."""
+
+    spec: StudentSpec
+    params: int
+    flops: int
+
+    @property
+    def size_mb(self) -> float:
+        return artifact_mb(self.params)
+
+
+@dataclass(frozen=True)
+class Miss:
+    """A budget a student (measured or predicted) goes over."""
+
+    budget: str
+    value: float
+    limit: float
+
+    @property
+    def sentence(self) -> str:
+        unit = BUDGET_UNITS[self.budget]
+        over = self.value - self.limit
+        return (
+            f"{BUDGET_NAMES[self.budget]} {self.value:.1f} {unit} is over the {self.limit:g} {unit} budget "
+            f"by {over:.1f} {unit} ({over / self.limit:.0%})"
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "budget": self.budget,
+            "value": round(self.value, 3),
+            "limit": self.limit,
+            "over_by": round(self.value - self.limit, 3),
+        }
+
+
+def model_cost(model: torch.nn.Module, seq_len: int) -> tuple[int, int]:
+    """(params, FLOPs) of a sequence classifier at batch 1 and ``seq_len`` tokens."""
+    example = {
+        "input_ids": torch.zeros(1, seq_len, dtype=torch.long),
+        "attention_mask": torch.ones(1, seq_len, dtype=torch.long),
+    }
+    return count_params(model), count_flops(model, example)
+
+
+def cost_candidates(config: PretrainedConfig, *, seq_len: int) -> list[Candidate]:
+    """Params and FLOPs of every student in the space, largest first (built at random init: cheap)."""
+    candidates = []
+    for spec in student_space(config):
+        model = AutoModelForSequenceClassification.from_config(student_config(config, spec)).eval()
+        params, flops = model_cost(model, seq_len)
+        candidates.append(Candidate(spec=spec, params=params, flops=flops))
+    return candidates
+
+
+def predicted_misses(candidate: Candidate, budget: Budget, latency: LatencyModel) -> list[Miss]:
+    """The budgets ``candidate`` is predicted to miss (empty when it is predicted to fit)."""
+    predicted = predict(candidate, latency)
+    return misses(predicted, budget)
+
+
+def predict(candidate: Candidate, latency: LatencyModel) -> dict[str, float]:
+    return {
+        "latency_ms": latency.predict_device_ms(candidate.flops),
+        "memory_mb": latency.predict_memory_mb(candidate.size_mb),
+        "size_mb": candidate.size_mb,
+    }
+
+
+def misses(values: dict[str, float], budget: Budget) -> list[Miss]:
+    limits = {"latency_ms": budget.latency_ms, "memory_mb": budget.memory_mb, "size_mb": budget.size_mb}
+    return [Miss(name, values[name], limit) for name, limit in limits.items() if values[name] > limit]
+
+
+def pick(
+    candidates: Sequence[Candidate],
+    budget: Budget,
+    latency: LatencyModel,
+    *,
+    ceilings: dict[str, float],
+) -> Candidate | None:
+    """The largest candidate predicted to fit and strictly below every ceiling set by failed rounds.
+
+    ``ceilings`` maps "flops"/"params" to the value of a student that missed on latency/size-or-memory.
+    """
+    for candidate in candidates:
+        if candidate.flops >= ceilings.get("flops", float("inf")):
+            continue
+        if candidate.params >= ceilings.get("params", float("inf")):
+            continue
+        if not predicted_misses(candidate, budget, latency):
+            return candidate
+    return None
+
+
+def closest_miss(
+    candidates: Sequence[Candidate], budget: Budget, latency: LatencyModel
+) -> tuple[Candidate, list[Miss]]:
+    """The candidate that misses the budget by the least (relative), for the "nothing fits" message."""
+
+    def badness(candidate: Candidate) -> float:
+        return sum(m.value / m.limit for m in predicted_misses(candidate, budget, latency))
+
+    best = min(candidates, key=badness)
+    return best, predicted_misses(best, budget, latency)

@@ -1,0 +1,128 @@
+"""report.json (schema versioned, keys documented in the README), and the student in Hugging Face format.
+
+Example:
+    >>> report = json.loads(Path("runs/raspberry-pi-4/report.json").read_text())  # doctest: +SKIP
+    >>> report["result"]["fits"]                                                              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edge_distill import __version__
+from edge_distill.atomic import write_json_atomic
+
+if TYPE_CHECKING:
+    from edge_distill.loop import Context
+
+SCHEMA = 1
+
+
+def build_report(ctx: Context, rounds: list[dict[str, Any]], winner: dict[str, Any] | None) -> dict[str, Any]:
+    """Assemble report.json; saves the winning student and moves its artifact to artifacts/<target>/."""
+    job = ctx.job
+    if winner is not None:
+        winner["artifact"] = promote_artifact(ctx.work, winner["artifact"], job.target)
+        save_student(ctx.work / "student", winner["_student"], job, winner)
+    return {
+        "schema": SCHEMA,
+        "tool": {"name": "edge-distill", "version": __version__},
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "profile": {
+            "name": job.profile.name,
+            "description": job.profile.description,
+            "path": str(job.profile.path),
+        },
+        "budget": job.budget.as_dict(),
+        "input": {"sequence_length": job.sequence_length, "batch": 1},
+        "data": data_section(job),
+        "teacher": ctx.teacher_info,
+        "teacher_outputs": ctx.cache_info,
+        "calibration": {**ctx.latency.calibration(), "host_reference": ctx.host_reference.as_dict()},
+        "training": job.train.as_dict(),
+        "rounds": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rounds],
+        "result": result_section(ctx, rounds, winner),
+    }
+
+
+def data_section(job: Any) -> dict[str, Any]:
+    data = job.data
+    return {
+        "name": data.name,
+        "source": data.source,
+        "label_names": list(data.label_names),
+        "sizes": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+        "fingerprint": data.fingerprint(),
+    }
+
+
+def result_section(
+    ctx: Context, rounds: list[dict[str, Any]], winner: dict[str, Any] | None
+) -> dict[str, Any]:
+    if winner is not None:
+        return {
+            "fits": True,
+            "round": winner["round"],
+            "artifact": winner["artifact"],
+            "student": "student",
+            "reason": None,
+        }
+    last = rounds[-1] if rounds else None
+    detail = "; ".join(last["miss_sentences"]) if last else "no candidate was predicted to fit"
+    tried = len(rounds)
+    reason = (
+        f"No student fits {ctx.job.profile.name} after {tried} round(s): the last one, "
+        f"{last['student']['layers']} layers x {last['student']['hidden']}, missed ({detail}); "
+        "raise --max-rounds, relax the budget, or pick a larger device profile."
+        if last
+        else f"No student fits {ctx.job.profile.name}: {detail}."
+    )
+    return {"fits": False, "round": None, "artifact": None, "student": None, "reason": reason}
+
+
+def promote_artifact(work: Path, relative: str, target: str) -> str:
+    """Move the winning round's artifact folder to artifacts/<target>/ and return the new relative path."""
+    source = work / relative
+    destination = work / "artifacts" / target
+    os.replace(source.parent, destination)
+    return str((destination / source.name).relative_to(work))
+
+
+def save_student(folder: Path, student: Any, job: Any, winner: dict[str, Any]) -> None:
+    """The student in Hugging Face format (safetensors), with its tokenizer and a short model card."""
+    student.config.id2label = dict(enumerate(job.data.label_names))
+    student.config.label2id = {name: i for i, name in enumerate(job.data.label_names)}
+    student.save_pretrained(folder)
+    job.teacher.tokenizer.save_pretrained(folder)
+    (folder / "README.md").write_text(model_card(job, winner))
+
+
+def model_card(job: Any, winner: dict[str, Any]) -> str:
+    spec, latency = winner["student"], winner["latency_ms"]
+    return f"""---
+library_name: transformers
+pipeline_tag: text-classification
+tags: [edge-distill, knowledge-distillation]
+---
+# Student of {job.teacher.name}
+
+Distilled by edge-distill {__version__} for the `{job.profile.name}` profile.
+
+| | value |
+|---|---|
+| shape | {spec["layers"]} layers x {spec["hidden"]} hidden, {spec["heads"]} heads |
+| parameters | {spec["params"]:,} |
+| test accuracy | {winner["metric"]["value"]:.4f} (teacher retention {winner["retention"]:.1%}) |
+| p90 latency | {latency["p90"]:.1f} ms ({winner["latency_source"]}, {job.profile.name}) |
+| artifact | `{winner["artifact"]}` ({winner["size_mb"]:.1f} MB, {winner["target"]} {winner["precision"]}) |
+
+Training: temperature {job.train.temperature}, alpha {job.train.alpha}, {job.train.epochs} epochs,
+sequence length {job.sequence_length}. Labels: {", ".join(job.data.label_names)}.
+"""
+
+
+def write_report(work: Path, report: dict[str, Any]) -> None:
+    write_json_atomic(work / "report.json", report)

@@ -1,0 +1,156 @@
+"""The student space cut from a teacher, and students initialised from the teacher's weights.
+
+A student keeps the teacher's family (same ``model_type``, tokenizer and head) and shrinks it on two
+axes: depth (fewer encoder layers, taken uniformly spread from the teacher's) and width (fewer attention
+heads at the teacher's head size, with the feed-forward width scaled alike). Weights are copied from the
+teacher wherever shapes allow, sliced to the student's shape where it is narrower.
+
+Example:
+    >>> space = student_space(teacher.model.config)          # doctest: +SKIP
+    >>> student = build_student(teacher.model, space[0])     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
+
+from edge_distill.errors import TeacherError
+
+# Families whose encoder layers live at `<prefix>.encoder.layer.<i>.` and whose configs use these names.
+SUPPORTED_FAMILIES = ("bert", "roberta", "xlm-roberta", "electra", "camembert")
+_LAYER_KEY = re.compile(r"\.layer\.(\d+)\.")
+WIDTH_FRACTIONS = (1.0, 0.75, 0.5, 0.25)
+
+
+@dataclass(frozen=True, order=True)
+class StudentSpec:
+    """One candidate shape: encoder depth and width (heads keep the teacher's head size)."""
+
+    layers: int
+    hidden: int
+    heads: int
+    intermediate: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.layers} layers x {self.hidden}"
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "layers": self.layers,
+            "hidden": self.hidden,
+            "heads": self.heads,
+            "intermediate": self.intermediate,
+        }
+
+
+def check_family(config: PretrainedConfig) -> None:
+    """Raise a clear error for a teacher family the student space does not cover yet."""
+    if config.model_type not in SUPPORTED_FAMILIES:
+        raise TeacherError(
+            f"Students can be cut only from encoder families {', '.join(SUPPORTED_FAMILIES)} so far, "
+            f"and this teacher is {config.model_type!r}; pass a teacher of one of those families."
+        )
+
+
+def teacher_spec(config: PretrainedConfig) -> StudentSpec:
+    """The teacher's own shape, in the same terms as a student's."""
+    return StudentSpec(
+        layers=config.num_hidden_layers,
+        hidden=config.hidden_size,
+        heads=config.num_attention_heads,
+        intermediate=config.intermediate_size,
+    )
+
+
+def student_space(config: PretrainedConfig) -> list[StudentSpec]:
+    """Every candidate strictly smaller than the teacher, largest (by depth x width) first.
+
+    Example:
+        >>> cfg = BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12)  # doctest: +SKIP
+        >>> student_space(cfg)[0].label                                                      # doctest: +SKIP
+        '5 layers x 384'
+    """
+    check_family(config)
+    full = teacher_spec(config)
+    head_dim = full.hidden // full.heads
+    widths: list[tuple[int, int]] = []
+    for fraction in WIDTH_FRACTIONS:
+        heads = max(1, round(full.heads * fraction))
+        if (heads, heads * head_dim) not in widths:
+            widths.append((heads, heads * head_dim))
+    space = []
+    for layers in range(full.layers, 0, -1):
+        for heads, hidden in widths:
+            intermediate = max(1, round(full.intermediate * hidden / full.hidden))
+            spec = StudentSpec(layers=layers, hidden=hidden, heads=heads, intermediate=intermediate)
+            if spec != full:
+                space.append(spec)
+    return sorted(space, key=lambda s: (s.layers * s.hidden, s.hidden), reverse=True)
+
+
+def layer_map(teacher_layers: int, student_layers: int) -> list[int]:
+    """Teacher layer feeding each student layer: uniformly spread, always keeping the last one.
+
+    Example:
+        >>> layer_map(6, 3)
+        [1, 3, 5]
+    """
+    step = teacher_layers / student_layers
+    return [round((i + 1) * step) - 1 for i in range(student_layers)]
+
+
+def student_config(config: PretrainedConfig, spec: StudentSpec) -> PretrainedConfig:
+    """The teacher's config with the student's depth and width."""
+    student = copy.deepcopy(config)
+    student.num_hidden_layers = spec.layers
+    student.hidden_size = spec.hidden
+    student.num_attention_heads = spec.heads
+    student.intermediate_size = spec.intermediate
+    return student
+
+
+def build_student(teacher: PreTrainedModel, spec: StudentSpec, *, seed: int = 0) -> PreTrainedModel:
+    """A student of the teacher's family with ``spec``'s shape, initialised from the teacher.
+
+    Layer i of the student starts as teacher layer ``layer_map(...)[i]``; every tensor is the teacher's,
+    sliced to the student's shape (the first heads, the first hidden and feed-forward units).
+    """
+    torch.manual_seed(seed)
+    config = student_config(teacher.config, spec)
+    student = AutoModelForSequenceClassification.from_config(config)
+    mapping = layer_map(teacher.config.num_hidden_layers, spec.layers)
+    source = teacher.state_dict()
+    with torch.no_grad():
+        for key, target in student.state_dict().items():
+            teacher_key = _LAYER_KEY.sub(lambda m: f".layer.{mapping[int(m.group(1))]}.", key)
+            if teacher_key in source:
+                target.copy_(_slice_to(source[teacher_key], target.shape))
+    return student.eval()
+
+
+def _slice_to(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The leading block of ``tensor`` with ``shape`` (a no-op when shapes match)."""
+    if tensor.shape == shape:
+        return tensor
+    return tensor[tuple(slice(0, size) for size in shape)]
+
+
+class LogitsOnly(nn.Module):
+    """Wraps a sequence classifier so that forward(input_ids, attention_mask) returns logits only.
+
+    Export targets take a module returning one tensor: (batch, labels).
+    """
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits

@@ -1,0 +1,223 @@
+"""The command line end to end on a tiny random teacher, and every bad input's one-sentence exit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edge_distill.cli import main
+
+FAST = ["--epochs", "1", "--seq-len", "16", "--max-rounds", "2"]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_tiny_teacher_fits_host(tiny_teacher_dir: Path, tiny_csv: Path, tmp_path: Path, capsys) -> None:
+    out_dir = tmp_path / "run"
+    code, out, err = run(
+        capsys,
+        "--profile",
+        "host",
+        "--teacher",
+        str(tiny_teacher_dir),
+        "--data",
+        str(tiny_csv),
+        "--out",
+        str(out_dir),
+        "--latency-ms",
+        "1000",
+        *FAST,
+    )
+    assert code == 0, err
+    assert "Fits: round 1" in out
+    report = json.loads((out_dir / "report.json").read_text())
+    assert report["schema"] == 1
+    assert report["budget"]["latency_ms"] == {"value": 1000.0, "source": "command line (--latency-ms)"}
+    assert report["budget"]["size_mb"]["source"].startswith("profile host")
+    (first,) = report["rounds"]
+    assert first["fits"] and first["latency_source"] == "measured-host"
+    assert first["parity"]["ok"] and first["parity"]["max_abs_diff"] <= 1e-4
+    assert first["latency_ms"]["p50"] <= first["latency_ms"]["p90"] <= first["latency_ms"]["p99"]
+    assert first["student"]["params"] < report["teacher"]["params"]
+    assert report["result"] == {
+        "fits": True,
+        "round": 1,
+        "artifact": "artifacts/onnx/model.onnx",
+        "student": "student",
+        "reason": None,
+    }
+    assert (out_dir / "artifacts" / "onnx" / "model.onnx").is_file()
+    assert (out_dir / "student" / "config.json").is_file()
+    assert (out_dir / "student" / "tokenizer.json").is_file()
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_predicted_latency_on_a_device_profile(
+    tiny_teacher_dir: Path, tiny_csv: Path, tmp_path: Path, capsys
+) -> None:
+    out_dir = tmp_path / "run"
+    code, out, err = run(
+        capsys,
+        "--profile",
+        "raspberry-pi",
+        "--teacher",
+        str(tiny_teacher_dir),
+        "--data",
+        str(tiny_csv),
+        "--out",
+        str(out_dir),
+        "--json",
+        *FAST,
+    )
+    assert code == 0, err
+    envelope = json.loads(out)
+    assert envelope["schema"] == 1 and envelope["ok"] and envelope["result"]["fits"]
+    report = json.loads((out_dir / "report.json").read_text())
+    assert report["profile"]["name"] == "raspberry-pi-4"
+    first = report["rounds"][0]
+    assert first["latency_source"] == "predicted"
+    assert first["calibration"]["device_gflops"] == pytest.approx(40.5)
+    ratio = first["latency_ms"]["p90"] / first["host_latency_ms"]["p90"]
+    calibration = report["calibration"]
+    assert ratio == pytest.approx(
+        calibration["host_reference_gflops"] / calibration["device_gflops"], rel=0.01
+    )
+    assert report["teacher_outputs"]["cache"] in {"hit", "computed"}
+
+
+def test_teacher_outputs_computed_once_across_runs(
+    tiny_teacher_dir: Path, tiny_csv: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    import edge_distill.loop as loop
+
+    calls = []
+    original = loop.predict_logits
+
+    def counting(model, inputs, **kwargs):
+        calls.append(model)
+        return original(model, inputs, **kwargs)
+
+    monkeypatch.setattr(loop, "predict_logits", counting)
+    args = [
+        "--profile",
+        "host",
+        "--teacher",
+        str(tiny_teacher_dir),
+        "--data",
+        str(tiny_csv),
+        "--max-rounds",
+        "1",
+        "--epochs",
+        "1",
+        "--seq-len",
+        "24",
+    ]
+    assert run(capsys, *args, "--out", str(tmp_path / "a"))[0] == 0
+    first_run = len(calls)  # the teacher on each split at most once, plus the student's test pass
+    assert first_run <= 4
+    assert run(capsys, *args, "--out", str(tmp_path / "b"))[0] == 0
+    assert len(calls) - first_run == 1  # second run: the teacher is not run again, only the student
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert report["teacher_outputs"]["cache"] == "hit"
+
+
+def test_budget_no_student_can_meet_exits_3_and_writes_nothing(
+    tiny_teacher_dir: Path, tiny_csv: Path, tmp_path: Path, capsys
+) -> None:
+    out_dir = tmp_path / "run"
+    code, _, err = run(
+        capsys,
+        "--profile",
+        "host",
+        "--teacher",
+        str(tiny_teacher_dir),
+        "--data",
+        str(tiny_csv),
+        "--out",
+        str(out_dir),
+        "--size-mb",
+        "0.01",
+        *FAST,
+    )
+    assert code == 3
+    assert "No student of this teacher can fit host" in err and "size" in err and "--size-mb" in err
+    assert "Traceback" not in err
+    assert not out_dir.exists() and not list(tmp_path.glob(".*partial"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--profile", "raspbery-pi"], ["Did you mean", "raspberry-pi"]),
+        (["--profile", "host", "--teacher", "./no/such/teacher", "--data", "x.csv"], ["does not exist"]),
+        (
+            ["--profile", "host", "--teacher", "TEACHER", "--data", "DATA", "--text-column", "body"],
+            ["body", "--text-column"],
+        ),
+        (["--profile", "host", "--teacher", "TEACHER"], ["--data"]),
+        (["--profile", "host", "--latency-ms", "-5"], ["latency"]),
+        (["--profile", "host", "--alpha", "2"], ["--alpha"]),
+        (["--profile", "BADTOML"], ["TOML"]),
+        (["--profile", "host", "--teacher", "TEACHER", "--data", "EMPTY"], ["empty"]),
+    ],
+)
+def test_bad_input_is_one_sentence_exit_2(
+    argv: list[str], words: list[str], tiny_teacher_dir: Path, tiny_csv: Path, tmp_path: Path, capsys
+) -> None:
+    bad_toml = tmp_path / "bad.toml"
+    bad_toml.write_text("name = [unclosed\n")
+    empty = tmp_path / "empty.csv"
+    empty.write_text("text,label\n")
+    swap = {
+        "TEACHER": str(tiny_teacher_dir),
+        "DATA": str(tiny_csv),
+        "BADTOML": str(bad_toml),
+        "EMPTY": str(empty),
+    }
+    out_dir = tmp_path / "run"
+    code, _, err = run(capsys, *[swap.get(a, a) for a in argv], "--out", str(out_dir), *FAST)
+    assert code == 2, err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    for word in words:
+        assert word.lower() in err.lower()
+    assert not out_dir.exists()
+
+
+def test_existing_run_folder_is_not_overwritten(
+    tiny_teacher_dir: Path, tiny_csv: Path, tmp_path: Path, capsys
+) -> None:
+    out_dir = tmp_path / "run"
+    out_dir.mkdir()
+    (out_dir / "keep.txt").write_text("mine")
+    code, _, err = run(
+        capsys,
+        "--profile",
+        "host",
+        "--teacher",
+        str(tiny_teacher_dir),
+        "--data",
+        str(tiny_csv),
+        "--out",
+        str(out_dir),
+        *FAST,
+    )
+    assert code == 2 and "already exists" in err
+    assert (out_dir / "keep.txt").read_text() == "mine"
+
+
+def test_profiles_command_lists_and_shows(capsys) -> None:
+    code, out, _ = run(capsys, "profiles", "--json")
+    assert code == 0
+    names = {p["name"] for p in json.loads(out)["result"]}
+    assert {"raspberry-pi-4", "host", "stm32h7"} <= names
+    code, out, _ = run(capsys, "profiles", "show", "raspberry-pi")
+    assert code == 0 and "raspberry-pi-4" in out
+    code, _, err = run(capsys, "profiles", "show", "nope")
+    assert code == 2 and "nope" in err

@@ -1,0 +1,85 @@
+"""Student space, layer mapping, teacher initialisation, and cost figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, GPT2Config
+
+from edge_distill.cost import MobileNetV1, artifact_mb, count_flops, count_params
+from edge_distill.errors import TeacherError
+from edge_distill.planner import cost_candidates, model_cost
+from edge_distill.students import build_student, layer_map, student_space, teacher_spec
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_teacher_dir: Path) -> torch.nn.Module:
+    return AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir).eval()
+
+
+def test_layer_map_spreads_and_keeps_last() -> None:
+    assert layer_map(6, 3) == [1, 3, 5]
+    assert layer_map(6, 2) == [2, 5]
+    assert layer_map(6, 1) == [5]
+    assert layer_map(4, 4) == [0, 1, 2, 3]
+
+
+def test_space_is_strictly_smaller_and_sorted(teacher: torch.nn.Module) -> None:
+    space = student_space(teacher.config)
+    full = teacher_spec(teacher.config)
+    assert full not in space
+    assert all(s.layers <= full.layers and s.hidden <= full.hidden for s in space)
+    assert all(s.hidden % s.heads == 0 and s.hidden // s.heads == full.hidden // full.heads for s in space)
+    sizes = [s.layers * s.hidden for s in space]
+    assert sizes == sorted(sizes, reverse=True)
+
+
+def test_full_width_student_copies_teacher_layers(teacher: torch.nn.Module) -> None:
+    spec = next(s for s in student_space(teacher.config) if s.hidden == 64 and s.layers == 2)
+    student = build_student(teacher, spec)
+    t, s = teacher.state_dict(), student.state_dict()
+    # student layer 1 is teacher layer 3 (layer_map(4, 2) == [1, 3])
+    assert torch.equal(
+        s["bert.encoder.layer.1.output.dense.weight"], t["bert.encoder.layer.3.output.dense.weight"]
+    )
+    assert torch.equal(
+        s["bert.embeddings.word_embeddings.weight"], t["bert.embeddings.word_embeddings.weight"]
+    )
+    assert torch.equal(s["classifier.weight"], t["classifier.weight"])
+
+
+def test_narrow_student_is_sliced_from_teacher(teacher: torch.nn.Module) -> None:
+    spec = next(s for s in student_space(teacher.config) if s.hidden == 32 and s.layers == 4)
+    student = build_student(teacher, spec)
+    t, s = teacher.state_dict(), student.state_dict()
+    key = "bert.encoder.layer.0.attention.self.query.weight"
+    assert s[key].shape == (32, 32)
+    assert torch.equal(s[key], t[key][:32, :32])
+    out = student(input_ids=torch.ones(2, 8, dtype=torch.long)).logits
+    assert out.shape == (2, 3)
+
+
+def test_unsupported_family_is_a_clear_error() -> None:
+    with pytest.raises(TeacherError, match="gpt2"):
+        student_space(GPT2Config())
+
+
+def test_flops_counted_by_torch_counter() -> None:
+    linear = torch.nn.Sequential(torch.nn.Linear(10, 20, bias=False))
+    assert count_flops(linear, {"input": torch.ones(3, 10)}) == 2 * 3 * 10 * 20
+
+
+def test_reference_workload_is_mobilenet_v1_sized() -> None:
+    model = MobileNetV1().eval()
+    flops = count_flops(model, {"pixels": torch.randn(1, 3, 224, 224)})
+    assert 4.1e6 < count_params(model) < 4.3e6  # the paper's 4.2M
+    assert 1.1e9 < flops < 1.2e9  # 569M multiply-adds, two FLOPs each
+
+
+def test_candidates_cost_fewer_flops_and_params_than_teacher(teacher: torch.nn.Module) -> None:
+    params, flops = model_cost(teacher, 32)
+    candidates = cost_candidates(teacher.config, seq_len=32)
+    assert all(c.params < params and c.flops < flops for c in candidates)
+    assert artifact_mb(params) == pytest.approx(params * 4 / 2**20)
