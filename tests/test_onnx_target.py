@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from edge_distill.targets import runner
-from edge_distill.targets.base import TARGETS, Parity, check_parity, get_target
 from transformers import BertConfig, BertForSequenceClassification
 
 from edge_distill.devices import profile_on_host
 from edge_distill.errors import DeviceError, ExportError, ParityError
+from edge_distill.targets import runner
+from edge_distill.targets.base import TARGETS, Parity, check_parity, get_target
 
 SEQ = 16  # fixed sequence length of the export
 VOCAB = 100
