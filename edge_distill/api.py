@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from edge_distill.data import TextDataset, load_demo_data, load_text_file
+from edge_distill.demo_teacher import build_demo_teacher
 from edge_distill.errors import DataError, TeacherError
 from edge_distill.loop import Job, Reporter, cache_root, run_job
 from edge_distill.profiles import Budget, DeviceProfile, load_profile, resolve_budget
-from edge_distill.teachers import Teacher, build_demo_teacher, load_teacher
+from edge_distill.teachers import Teacher, load_teacher
 from edge_distill.trainer import TrainSettings
 
 

@@ -10,18 +10,11 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizer
 
-from edge_distill import teachers
+from edge_distill import demo_teacher, teachers
 from edge_distill.data import Split, load_demo_data
+from edge_distill.demo_teacher import DEMO_TEACHER_NAME, METRICS_FILE, build_demo_teacher, fit_linear_head
 from edge_distill.errors import TeacherError
-from edge_distill.teachers import (
-    DEMO_TEACHER_NAME,
-    METRICS_FILE,
-    Teacher,
-    build_demo_teacher,
-    evaluate,
-    fit_linear_head,
-    load_teacher,
-)
+from edge_distill.teachers import Teacher, evaluate, load_teacher
 
 LABELS = ("red", "green", "blue")
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -238,7 +231,7 @@ def test_build_demo_teacher_builds_caches_and_rebuilds(
     def no_rebuild(*args: object) -> None:
         raise AssertionError("the cached teacher should have been reused")
 
-    monkeypatch.setattr(teachers, "_train_demo", no_rebuild)
+    monkeypatch.setattr(demo_teacher, "_train_demo", no_rebuild)
     cached = build_demo_teacher(data, seq_len=32, cache_dir=tmp_path)
     assert cached.path == teacher.path and cached.fingerprint() == teacher.fingerprint()
     assert cached.metrics == teacher.metrics
@@ -253,7 +246,7 @@ def test_build_demo_teacher_builds_caches_and_rebuilds(
 
 def test_demo_cache_key_depends_on_data_and_seq_len() -> None:
     data = load_demo_data(max_per_class=4)
-    key = teachers.demo_fingerprint(data, 32)
-    assert key == teachers.demo_fingerprint(load_demo_data(max_per_class=4), 32)
-    assert key != teachers.demo_fingerprint(data, 64)
-    assert key != teachers.demo_fingerprint(load_demo_data(max_per_class=4, seed=1), 32)
+    key = demo_teacher.demo_fingerprint(data, 32)
+    assert key == demo_teacher.demo_fingerprint(load_demo_data(max_per_class=4), 32)
+    assert key != demo_teacher.demo_fingerprint(data, 64)
+    assert key != demo_teacher.demo_fingerprint(load_demo_data(max_per_class=4, seed=1), 32)

@@ -1,0 +1,44 @@
+"""The real demo path (all-MiniLM-L6-v2 teacher, BBC News, Raspberry Pi 4 budget) on a reduced data size."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edge_distill.cli import main
+
+
+@pytest.mark.slow
+def test_demo_on_raspberry_pi_fits_the_budget_it_reports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_dir = tmp_path / "run"
+    code = main(
+        ["--profile", "raspberry-pi", "--max-per-class", "24", "--epochs", "2", "--out", str(out_dir)]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "alias of raspberry-pi-4" in out and "built-in demo" in out and "Fits: round" in out
+    report = json.loads((out_dir / "report.json").read_text())
+    budget = {name: entry["value"] for name, entry in report["budget"].items()}
+    assert budget == {"latency_ms": 50.0, "memory_mb": 512.0, "size_mb": 100.0}
+    assert report["teacher"]["params"] == pytest.approx(22.7e6, rel=0.01)
+    assert report["teacher"]["latency_source"] == "predicted"
+    chosen = next(r for r in report["rounds"] if r["round"] == report["result"]["round"])
+    # The reported student fits the budget it reports, by the figures it reports.
+    assert chosen["fits"] and chosen["latency_ms"]["p90"] <= budget["latency_ms"]
+    assert chosen["peak_memory_mb"] <= budget["memory_mb"] and chosen["size_mb"] <= budget["size_mb"]
+    assert chosen["student"]["params"] < report["teacher"]["params"]
+    assert chosen["parity"]["ok"] and chosen["parity"]["top1_agreement"] == 1.0
+    assert chosen["metric"]["value"] > 0.5  # 5 classes: well above chance even on 24 examples per class
+    assert (out_dir / report["result"]["artifact"]).is_file()
+    student = json.loads((out_dir / "student" / "config.json").read_text())
+    assert student["id2label"] == {
+        "0": "business",
+        "1": "entertainment",
+        "2": "politics",
+        "3": "sports",
+        "4": "tech",
+    }
