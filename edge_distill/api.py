@@ -41,7 +41,10 @@ def load_inputs(
             "No teacher given: built-in demo (all-MiniLM-L6-v2 + topic head, BBC News, "
             f"{len(dataset.label_names)} classes)"
         )
-        return build_demo_teacher(dataset, seq_len=seq_len, cache_dir=cache_root() / "teachers"), dataset
+        built = build_demo_teacher(
+            dataset, seq_len=seq_len, cache_dir=cache_root() / "teachers", progress=reporter.progress
+        )
+        return built, dataset
     if teacher is None:
         raise TeacherError("--data was given without a teacher; pass --teacher PATH_OR_HUB_ID as well.")
     if data is None:

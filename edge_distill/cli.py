@@ -174,6 +174,7 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
         f"Profile {args.profile}{alias}: budget p90 latency <= {budget.latency_ms:g} ms, "
         f"memory <= {budget.memory_mb:g} MB, size <= {budget.size_mb:g} MB",
         highlight=False,
+        soft_wrap=True,
     )
     job = make_job(
         profile=profile,
@@ -201,8 +202,8 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
         print(json.dumps(envelope("run", {"report": str(job.out_dir / "report.json"), **report["result"]})))
         return 0
     console.print(rounds_table(report))
-    console.print(fits_line(report), highlight=False)
-    console.print(f"Report: {job.out_dir / 'report.json'}", highlight=False)
+    console.print(fits_line(report), highlight=False, soft_wrap=True)
+    console.print(f"Report: {job.out_dir / 'report.json'}", highlight=False, soft_wrap=True)
     return 0
 
 

@@ -11,10 +11,11 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from edge_distill.loop import Reporter, StepCallback
+from edge_distill.planner import BUDGET_NAMES
 
 
 class ConsoleReporter(Reporter):
@@ -22,12 +23,16 @@ class ConsoleReporter(Reporter):
 
     def __init__(self, console: Console) -> None:
         self.console = console
+        self._task: tuple[Progress, TaskID, str] | None = None
 
     def say(self, text: str) -> None:
         self.console.print(text, highlight=False, markup=False, soft_wrap=True)
 
     @contextmanager
     def steps(self, description: str, total: int) -> Iterator[StepCallback]:
+        if not self.console.is_terminal:  # no bars in logs and pipes: they would only leave blank lines
+            yield lambda step, total, parts: None
+            return
         progress = Progress(
             TextColumn("  {task.description}"),
             BarColumn(),
@@ -46,33 +51,49 @@ class ConsoleReporter(Reporter):
 
             yield on_step
 
+    def progress(self, description: str, completed: int, total: int) -> None:
+        if not self.console.is_terminal:
+            return
+        if self._task is None or self._task[2] != description:
+            self._end_task()
+            bar = Progress(
+                TextColumn("  {task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=True,
+            )
+            bar.start()
+            self._task = (bar, bar.add_task(description, total=total), description)
+        bar, task, _ = self._task
+        bar.update(task, completed=completed, total=total)
+        if completed >= total:
+            self._end_task()
+
+    def _end_task(self) -> None:
+        if self._task is not None:
+            self._task[0].stop()
+            self._task = None
+
 
 def rounds_table(report: dict[str, Any]) -> Table:
-    """The closing table: one row per round."""
-    table = Table(title="Rounds", title_justify="left")
-    for column in (
-        "round",
-        "student",
-        "params",
-        "accuracy",
-        "retention",
-        "p90 ms",
-        "memory MB",
-        "size MB",
-        "fits",
-    ):
-        table.add_column(column, justify="right" if column not in ("student", "fits") else "left")
+    """The closing table: one row per round (narrow enough for an 80-column terminal)."""
+    sources = sorted({r["latency_source"] for r in report["rounds"]})
+    table = Table(title="Rounds", title_justify="left", caption=f"p90 latency: {', '.join(sources)}")
+    for column in ("#", "student", "params", "acc", "retain", "p90 ms", "mem MB", "size MB", "fits"):
+        table.add_column(column, justify="left" if column in ("student", "fits") else "right", no_wrap=True)
     for r in report["rounds"]:
         student = r["student"]
         table.add_row(
             str(r["round"]),
-            f"{student['layers']} x {student['hidden']}",
+            f"{student['layers']}x{student['hidden']}",
             f"{student['params'] / 1e6:.1f}M",
             f"{r['metric']['value']:.3f}",
             f"{r['retention']:.1%}" if r["retention"] is not None else "-",
-            f"{r['latency_ms']['p90']:.1f} ({r['latency_source']})",
+            f"{r['latency_ms']['p90']:.1f}",
             f"{r['peak_memory_mb']:.0f}",
             f"{r['size_mb']:.1f}",
-            "yes" if r["fits"] else "no: " + ", ".join(m["budget"] for m in r["misses"]),
+            "yes" if r["fits"] else "no: " + ", ".join(BUDGET_NAMES[m["budget"]] for m in r["misses"]),
         )
     return table

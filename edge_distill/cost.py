@@ -3,7 +3,7 @@
 The latency model, stated plainly:
 
 1. A reference workload (MobileNet V1 1.0 at 224, the model device tables publish latencies for) is
-   exported to ONNX and timed on this host: ``host_ref_gflops = FLOPs / host time``. Cached per machine.
+   exported to ONNX (once, cached) and timed on this host in every run: ``host_ref_gflops = FLOPs / time``.
 2. A profile gives the device's effective throughput on the same workload: ``device_gflops``.
 3. A model measured on this host at ``t_host`` is predicted to take
    ``t_host * host_ref_gflops / device_gflops`` on the device.
@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import json
 import platform
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -106,12 +106,9 @@ class HostReference:
 
 
 def machine_signature() -> str:
-    """Identifies this host's CPU and runtime so that a cached reference is not reused elsewhere."""
-    import onnxruntime
-
-    cpu = platform.processor() or platform.machine()
-    model_name = _cpu_model_name() or cpu
-    return f"{model_name}|{torch.get_num_threads()} threads|onnxruntime {onnxruntime.__version__}"
+    """This host's CPU and thread count, recorded beside the measurement."""
+    cpu = _cpu_model_name() or platform.processor() or platform.machine()
+    return f"{cpu}|{torch.get_num_threads()} threads"
 
 
 def _cpu_model_name() -> str | None:
@@ -124,35 +121,40 @@ def _cpu_model_name() -> str | None:
     return None
 
 
-def measure_host_reference(cache_dir: Path, *, runs: int = 30) -> HostReference:
-    """Time the reference workload in ONNX Runtime on this host, once per machine (cached as JSON)."""
-    from edge_distill.atomic import write_json_atomic
-    from edge_distill.devices import profile_on_host
-    from edge_distill.targets.base import get_target
+def measure_host_reference(cache_dir: Path, *, runs: int = 50) -> HostReference:
+    """Time the reference workload in ONNX Runtime on this host, now.
 
-    signature = machine_signature()
-    cache_file = cache_dir / "host-reference.json"
-    if cache_file.exists():
-        cached = json.loads(cache_file.read_text())
-        if cached.get("machine") == signature:
-            return HostReference(
-                **{k: cached[k] for k in ("gflops", "p50_ms", "flops", "runtime", "machine")}
-            )
-    model = MobileNetV1().eval()
-    example = {"pixels": torch.randn(1, 3, 224, 224)}
-    flops = count_flops(model, example)
-    with tempfile.TemporaryDirectory() as tmp:
-        artifact = get_target("onnx").export(model, example, Path(tmp) / "reference")
-        timing = profile_on_host(artifact, {"pixels": example["pixels"].numpy()}, warmup=5, runs=runs)
-    reference = HostReference(
+    The exported reference is cached (it only depends on the exporter's version); the timing is taken
+    in every run, so that it shares the conditions (load, thermals) of the models it is compared with.
+    """
+    from edge_distill.devices import profile_on_host
+
+    artifact, flops = reference_artifact(cache_dir / "reference" / f"mobilenet-v1-torch-{torch.__version__}")
+    pixels = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    timing = profile_on_host(artifact, {"pixels": pixels}, warmup=5, runs=runs)
+    return HostReference(
         gflops=flops / (timing.p50_ms * 1e6),
         p50_ms=timing.p50_ms,
         flops=flops,
         runtime=f"{timing.runtime} {timing.runtime_version}",
-        machine=signature,
+        machine=machine_signature(),
     )
-    write_json_atomic(cache_file, {**reference.as_dict(), "gflops": reference.gflops})
-    return reference
+
+
+def reference_artifact(folder: Path) -> tuple[Path, int]:
+    """The reference workload exported to ONNX (built once into ``folder``), and its FLOPs."""
+    from edge_distill.atomic import write_json_atomic
+    from edge_distill.targets.base import get_target
+
+    meta = folder / "reference.json"
+    if meta.exists() and (folder / "model.onnx").exists():
+        return folder / "model.onnx", int(json.loads(meta.read_text())["flops"])
+    model = MobileNetV1().eval()
+    example = {"pixels": torch.randn(1, 3, 224, 224)}
+    artifact = get_target("onnx").export(model, example, folder)
+    flops = count_flops(model, example)
+    write_json_atomic(meta, {"workload": REFERENCE_NAME, "flops": flops})
+    return artifact, flops
 
 
 @dataclass

@@ -175,7 +175,9 @@ def _pooled_features(model: Any, batch: dict[str, torch.Tensor], progress: Progr
         for start in range(0, n, _FEATURE_BATCH):
             part = {k: v[start : start + _FEATURE_BATCH] for k, v in batch.items()}
             out.append(model.base_model(**part).pooler_output.float())  # (batch, hidden)
-            progress("Embedding the training texts", min(start + _FEATURE_BATCH, n), n)
+            progress(
+                "demo teacher (built once, then cached): embedding texts", min(start + _FEATURE_BATCH, n), n
+            )
     return torch.cat(out)
 
 
@@ -244,6 +246,6 @@ def _finetune_top_layers(
         opt.step()
         opt.zero_grad(set_to_none=True)
         schedule.step()
-        progress("Fine-tuning the teacher's top layers", step + 1, steps)
+        progress("demo teacher (built once, then cached): fine-tuning", step + 1, steps)
     model.requires_grad_(True)
     model.eval()

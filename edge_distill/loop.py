@@ -20,7 +20,7 @@ import torch
 
 from edge_distill.atomic import atomic_dir
 from edge_distill.cache import TeacherCache, cache_key
-from edge_distill.cost import HostReference, LatencyModel, measure_host_reference
+from edge_distill.cost import REFERENCE_NAME, HostReference, LatencyModel, measure_host_reference
 from edge_distill.data import TextDataset, tokenize
 from edge_distill.devices import profile_on_host
 from edge_distill.errors import EdgeDistillError, NothingFitsError
@@ -45,6 +45,9 @@ class Reporter:
     def steps(self, description: str, total: int) -> Iterator[StepCallback]:
         """A progress bar for ``total`` steps; yields the per-step callback."""
         yield lambda step, total, parts: None
+
+    def progress(self, description: str, completed: int, total: int) -> None:
+        """Progress of a named task (a new description starts a new bar; completed == total ends it)."""
 
 
 def cache_root() -> Path:
@@ -122,7 +125,7 @@ def prepare(job: Job, work: Path, reporter: Reporter) -> Context:
         return {name: predict_logits(job.teacher.model, batch) for name, batch in inputs.items()}
 
     logits, hit = cache.get_or_compute(key, compute)
-    reporter.say("Calibrating the latency model on this host (reference workload, cached per machine)")
+    reporter.say(f"Calibrating the latency model: timing {REFERENCE_NAME} on this host")
     reference = measure_host_reference(cache_root())
     device = job.profile.throughput_for("fp32")
     device_gflops = reference.gflops if job.profile.measured or device is None else device.gflops
@@ -268,7 +271,7 @@ def run_round(ctx: Context, candidate: Candidate, *, index: int) -> dict[str, An
     artifact = get_target(job.target).export(wrapped, batch_one(ctx), out)
     held_out = {k: v[: job.parity_examples] for k, v in ctx.inputs["test"].items()}
     parity = check_parity(get_target(job.target), artifact, wrapped, held_out)
-    reporter.say(f"exported {job.target}, parity ok (max abs diff {parity.max_abs_diff:.2e})")
+    reporter.say(f"  exported {job.target}, parity ok (max abs diff {parity.max_abs_diff:.2e})")
     timing = profile_on_host(artifact, numpy_batch_one(ctx), runs=job.profile_runs)
     ctx.latency.observe(
         flops=candidate.flops, host_ms=timing.p90_ms, memory_mb=timing.peak_memory_mb, size_mb=timing.size_mb

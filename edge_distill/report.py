@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_distill import __version__
 from edge_distill.atomic import write_json_atomic
+from edge_distill.teachers import quiet_transformers
 
 if TYPE_CHECKING:
     from edge_distill.loop import Context
@@ -95,8 +96,9 @@ def save_student(folder: Path, student: Any, job: Any, winner: dict[str, Any]) -
     """The student in Hugging Face format (safetensors), with its tokenizer and a short model card."""
     student.config.id2label = dict(enumerate(job.data.label_names))
     student.config.label2id = {name: i for i, name in enumerate(job.data.label_names)}
-    student.save_pretrained(folder)
-    job.teacher.tokenizer.save_pretrained(folder)
+    with quiet_transformers():  # no "Writing model shards" bar in the user's console
+        student.save_pretrained(folder)
+        job.teacher.tokenizer.save_pretrained(folder)
     (folder / "README.md").write_text(model_card(job, winner))
 
 

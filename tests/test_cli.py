@@ -221,3 +221,89 @@ def test_profiles_command_lists_and_shows(capsys) -> None:
     assert code == 0 and "raspberry-pi-4" in out
     code, _, err = run(capsys, "profiles", "show", "nope")
     assert code == 2 and "nope" in err
+
+
+def shrink_budget(teacher_dir: Path) -> float:
+    """A size budget the largest candidate is predicted to meet but misses once exported (graph bytes)."""
+    from transformers import AutoConfig
+
+    from edge_distill.planner import cost_candidates
+
+    largest = cost_candidates(AutoConfig.from_pretrained(teacher_dir), seq_len=16)[0]
+    return largest.size_mb + 0.001
+
+
+def test_loop_shrinks_after_a_measured_miss(
+    tiny_teacher_dir: Path, tiny_csv: Path, tmp_path: Path, capsys
+) -> None:
+    out_dir = tmp_path / "run"
+    size = f"{shrink_budget(tiny_teacher_dir):.6f}"
+    args = [
+        "--profile",
+        "host",
+        "--teacher",
+        str(tiny_teacher_dir),
+        "--data",
+        str(tiny_csv),
+        "--size-mb",
+        size,
+    ]
+    code, _out, err = run(capsys, *args, "--out", str(out_dir), *FAST)
+    assert code == 0, err
+    report = json.loads((out_dir / "report.json").read_text())
+    first, second = report["rounds"]
+    assert not first["fits"] and [m["budget"] for m in first["misses"]] == ["size_mb"]
+    assert second["fits"] and second["student"]["params"] < first["student"]["params"]
+    assert report["result"]["round"] == 2 and report["result"]["artifact"] == "artifacts/onnx/model.onnx"
+    assert (out_dir / first["artifact"]).is_file()  # the missed round's artifact is kept
+
+
+def test_nothing_fits_after_rounds_exits_3_with_report(
+    tiny_teacher_dir: Path, tiny_csv: Path, tmp_path: Path, capsys
+) -> None:
+    out_dir = tmp_path / "run"
+    size = f"{shrink_budget(tiny_teacher_dir):.6f}"
+    args = [
+        "--profile",
+        "host",
+        "--teacher",
+        str(tiny_teacher_dir),
+        "--data",
+        str(tiny_csv),
+        "--size-mb",
+        size,
+    ]
+    code, _out, err = run(
+        capsys, *args, "--out", str(out_dir), "--epochs", "1", "--seq-len", "16", "--max-rounds", "1"
+    )
+    assert code == 3
+    assert "No student fits host after 1 round(s)" in err and "size" in err and "over the" in err
+    report = json.loads((out_dir / "report.json").read_text())
+    assert report["result"]["fits"] is False and report["result"]["reason"]
+    assert not (out_dir / "student").exists()
+
+
+def test_interrupt_leaves_nothing_half_written(
+    tiny_teacher_dir: Path, tiny_csv: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    import edge_distill.loop as loop
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "distill", interrupted)
+    out_dir = tmp_path / "run"
+    code, _, err = run(
+        capsys,
+        "--profile",
+        "host",
+        "--teacher",
+        str(tiny_teacher_dir),
+        "--data",
+        str(tiny_csv),
+        "--out",
+        str(out_dir),
+        *FAST,
+    )
+    assert code == 130 and "Interrupted" in err
+    assert not out_dir.exists() and not list(tmp_path.glob(".*partial"))
