@@ -172,6 +172,7 @@ def measure_teacher(ctx: Context) -> dict[str, Any]:
         },
         **latency_fields(ctx, timing),
         "peak_memory_mb": round(timing.peak_memory_mb, 1),
+        "load_ms": round(timing.load_ms, 1),
     }
 
 
@@ -318,6 +319,7 @@ def round_record(
         **fields,
         "peak_memory_mb": round(timing.peak_memory_mb, 1),
         "memory_source": "measured-host",
+        "load_ms": round(timing.load_ms, 1),
         "metric": {"name": "accuracy", "split": "test", "value": metric},
         "retention": metric / teacher_metric if teacher_metric else None,
         "agreement": agreement(test_logits, ctx.teacher_logits["test"]),
