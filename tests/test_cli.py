@@ -12,6 +12,11 @@ from edge_distill.cli import main
 FAST = ["--epochs", "1", "--seq-len", "16", "--max-rounds", "2"]
 
 
+def pair(teacher: Path, data: Path) -> list[str]:
+    """The user's own teacher and data, as command-line flags."""
+    return ["--teacher", str(teacher), "--data", str(data)]
+
+
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
@@ -24,10 +29,7 @@ def test_tiny_teacher_fits_host(tiny_teacher_dir: Path, tiny_csv: Path, tmp_path
         capsys,
         "--profile",
         "host",
-        "--teacher",
-        str(tiny_teacher_dir),
-        "--data",
-        str(tiny_csv),
+        *pair(tiny_teacher_dir, tiny_csv),
         "--out",
         str(out_dir),
         "--latency-ms",
@@ -66,10 +68,7 @@ def test_predicted_latency_on_a_device_profile(
         capsys,
         "--profile",
         "raspberry-pi",
-        "--teacher",
-        str(tiny_teacher_dir),
-        "--data",
-        str(tiny_csv),
+        *pair(tiny_teacher_dir, tiny_csv),
         "--out",
         str(out_dir),
         "--json",
@@ -107,10 +106,7 @@ def test_teacher_outputs_computed_once_across_runs(
     args = [
         "--profile",
         "host",
-        "--teacher",
-        str(tiny_teacher_dir),
-        "--data",
-        str(tiny_csv),
+        *pair(tiny_teacher_dir, tiny_csv),
         "--max-rounds",
         "1",
         "--epochs",
@@ -135,10 +131,7 @@ def test_budget_no_student_can_meet_exits_3_and_writes_nothing(
         capsys,
         "--profile",
         "host",
-        "--teacher",
-        str(tiny_teacher_dir),
-        "--data",
-        str(tiny_csv),
+        *pair(tiny_teacher_dir, tiny_csv),
         "--out",
         str(out_dir),
         "--size-mb",
@@ -200,10 +193,7 @@ def test_existing_run_folder_is_not_overwritten(
         capsys,
         "--profile",
         "host",
-        "--teacher",
-        str(tiny_teacher_dir),
-        "--data",
-        str(tiny_csv),
+        *pair(tiny_teacher_dir, tiny_csv),
         "--out",
         str(out_dir),
         *FAST,
@@ -241,10 +231,7 @@ def test_loop_shrinks_after_a_measured_miss(
     args = [
         "--profile",
         "host",
-        "--teacher",
-        str(tiny_teacher_dir),
-        "--data",
-        str(tiny_csv),
+        *pair(tiny_teacher_dir, tiny_csv),
         "--size-mb",
         size,
     ]
@@ -266,10 +253,7 @@ def test_nothing_fits_after_rounds_exits_3_with_report(
     args = [
         "--profile",
         "host",
-        "--teacher",
-        str(tiny_teacher_dir),
-        "--data",
-        str(tiny_csv),
+        *pair(tiny_teacher_dir, tiny_csv),
         "--size-mb",
         size,
     ]
@@ -297,10 +281,7 @@ def test_interrupt_leaves_nothing_half_written(
         capsys,
         "--profile",
         "host",
-        "--teacher",
-        str(tiny_teacher_dir),
-        "--data",
-        str(tiny_csv),
+        *pair(tiny_teacher_dir, tiny_csv),
         "--out",
         str(out_dir),
         *FAST,
