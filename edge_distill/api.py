@@ -86,6 +86,7 @@ def make_job(
     seq_len: int | None = None,
     max_rounds: int = 4,
     max_per_class: int | None = None,
+    probe: bool = True,
     reporter: Reporter | None = None,
 ) -> Job:
     """Load the teacher and data (the demo when neither is given) into a Job for ``profile``."""
@@ -109,6 +110,7 @@ def make_job(
         out_dir=out_dir or default_out_dir(profile),
         train=train,
         max_rounds=max_rounds,
+        probe=probe,
         seq_len=length,
     )
 

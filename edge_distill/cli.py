@@ -56,6 +56,11 @@ def run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seq-len", type=int, help="tokens per input (default: the profile's)")
     parser.add_argument("--max-rounds", type=int, default=4)
+    parser.add_argument(
+        "--no-probe",
+        action="store_true",
+        help="train candidates without first timing an untrained copy (cheaper where probing is slow)",
+    )
     parser.add_argument("--max-per-class", type=int, help="use at most N examples per class of the demo data")
     parser.add_argument("--out", type=Path, help="run folder (default runs/<profile>-<time>)")
     parser.add_argument("--json", action="store_true", help="print a JSON envelope instead of text")
@@ -188,6 +193,7 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
         seq_len=args.seq_len,
         max_rounds=args.max_rounds,
         max_per_class=args.max_per_class,
+        probe=not args.no_probe,
         reporter=reporter,
     )
     try:

@@ -157,27 +157,44 @@ def reference_artifact(folder: Path) -> tuple[Path, int]:
     return artifact, flops
 
 
+@dataclass(frozen=True)
+class Measurement:
+    """One model timed on this host: its FLOPs, p90 latency, peak memory and artifact size."""
+
+    flops: int
+    host_ms: float
+    memory_mb: float
+    size_mb: float
+
+
 @dataclass
 class LatencyModel:
-    """Predicts device latency from host measurements and FLOPs (see the module docstring)."""
+    """Predicts device latency (and runtime memory) from host measurements and FLOPs.
+
+    See the module docstring for the model; every ``observe`` refines later predictions.
+    """
 
     device_gflops: float
     host_ref_gflops: float
-    # (flops, host_ms, peak_memory_mb, size_mb) of every model measured on this host in this run
-    measurements: list[tuple[int, float, float, float]] = field(default_factory=list)
+    measurements: list[Measurement] = field(default_factory=list)
 
-    def observe(self, *, flops: int, host_ms: float, memory_mb: float = 0.0, size_mb: float = 0.0) -> None:
+    def observe(self, *, flops: int, host_ms: float, memory_mb: float, size_mb: float) -> None:
         """Record a host measurement; later predictions calibrate on it."""
-        self.measurements.append((flops, host_ms, memory_mb, size_mb))
+        self.measurements.append(Measurement(flops, host_ms, memory_mb, size_mb))
 
-    def _nearest(self, flops: int) -> tuple[int, float, float, float] | None:
+    def nearest(self, flops: int) -> Measurement | None:
+        """The latest measurement of the model with the nearest FLOPs (an exact match is that model)."""
         if not self.measurements:
             return None
-        return min(self.measurements, key=lambda m: abs(m[0] - flops))
+        return min(reversed(self.measurements), key=lambda m: abs(m.flops - flops))
+
+    def exact(self, flops: int) -> Measurement | None:
+        nearest = self.nearest(flops)
+        return nearest if nearest is not None and nearest.flops == flops else None
 
     def predict_host_ms(self, flops: int) -> float:
-        nearest = self._nearest(flops)
-        host_gflops = nearest[0] / (nearest[1] * 1e6) if nearest else self.host_ref_gflops
+        nearest = self.nearest(flops)
+        host_gflops = nearest.flops / (nearest.host_ms * 1e6) if nearest else self.host_ref_gflops
         return flops / (host_gflops * 1e6)
 
     def device_ms_from_host(self, host_ms: float) -> float:
@@ -186,10 +203,12 @@ class LatencyModel:
     def predict_device_ms(self, flops: int) -> float:
         return self.device_ms_from_host(self.predict_host_ms(flops))
 
-    def predict_memory_mb(self, size_mb: float) -> float:
-        """Runtime peak memory: size times the ratio last measured (weights loaded plus workspace)."""
-        measured = [m for m in self.measurements if m[3] > 0]
-        ratio = measured[-1][2] / measured[-1][3] if measured else DEFAULT_MEMORY_RATIO
+    def predict_memory_mb(self, size_mb: float, flops: int) -> float:
+        """Runtime peak memory: size times the memory/size ratio of the nearest measured model."""
+        nearest = self.nearest(flops)
+        ratio = (
+            nearest.memory_mb / nearest.size_mb if nearest and nearest.size_mb > 0 else DEFAULT_MEMORY_RATIO
+        )
         return size_mb * ratio
 
     def calibration(self) -> dict[str, object]:

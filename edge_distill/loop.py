@@ -17,6 +17,7 @@ from typing import Any
 
 import platformdirs
 import torch
+from transformers import AutoModelForSequenceClassification
 
 from edge_distill.atomic import atomic_dir
 from edge_distill.cache import TeacherCache, cache_key
@@ -27,7 +28,7 @@ from edge_distill.errors import EdgeDistillError, NothingFitsError
 from edge_distill.planner import Candidate, closest_miss, cost_candidates, misses, model_cost, pick, predict
 from edge_distill.profiles import Budget, DeviceProfile
 from edge_distill.report import build_report, save_student, write_report
-from edge_distill.students import LogitsOnly, build_student
+from edge_distill.students import LogitsOnly, build_student, student_config
 from edge_distill.targets.base import check_parity, get_target
 from edge_distill.teachers import Teacher
 from edge_distill.trainer import TrainSettings, accuracy, agreement, distill, predict_logits
@@ -70,6 +71,7 @@ class Job:
     seq_len: int | None = None
     profile_runs: int = 50
     parity_examples: int = 64
+    probe: bool = True
 
     @property
     def sequence_length(self) -> int:
@@ -89,6 +91,7 @@ class Context:
     host_reference: HostReference
     reporter: Reporter
     cache_info: dict[str, Any]
+    probes: list[dict[str, Any]] = field(default_factory=list)
 
 
 def run_job(job: Job, reporter: Reporter | None = None) -> dict[str, Any]:
@@ -153,12 +156,7 @@ def measure_teacher(ctx: Context) -> dict[str, Any]:
     """The teacher's accuracy and its cost on this host and (predicted) on the device."""
     job, labels = ctx.job, torch.as_tensor(ctx.job.data.test.labels)
     params, flops = model_cost(job.teacher.model, job.sequence_length)
-    with tempfile.TemporaryDirectory() as tmp:
-        artifact = get_target(job.target).export(LogitsOnly(job.teacher.model), batch_one(ctx), Path(tmp))
-        timing = profile_on_host(artifact, numpy_batch_one(ctx), runs=job.profile_runs)
-    ctx.latency.observe(
-        flops=flops, host_ms=timing.p90_ms, memory_mb=timing.peak_memory_mb, size_mb=timing.size_mb
-    )
+    timing = time_unsaved(ctx, job.teacher.model, flops)
     return {
         "name": job.teacher.name,
         "path": str(job.teacher.path),
@@ -174,6 +172,22 @@ def measure_teacher(ctx: Context) -> dict[str, Any]:
         "peak_memory_mb": round(timing.peak_memory_mb, 1),
         "load_ms": round(timing.load_ms, 1),
     }
+
+
+def time_on_host(ctx: Context, artifact: Path, flops: int) -> Any:
+    """Time ``artifact`` at batch 1 on this host, and calibrate the latency model on it."""
+    timing = profile_on_host(artifact, numpy_batch_one(ctx), runs=ctx.job.profile_runs)
+    ctx.latency.observe(
+        flops=flops, host_ms=timing.p90_ms, memory_mb=timing.peak_memory_mb, size_mb=timing.size_mb
+    )
+    return timing
+
+
+def time_unsaved(ctx: Context, model: torch.nn.Module, flops: int) -> Any:
+    """Export ``model`` to a temporary artifact and time it (the teacher, an untrained probe)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        artifact = get_target(ctx.job.target).export(LogitsOnly(model).eval(), batch_one(ctx), Path(tmp))
+        return time_on_host(ctx, artifact, flops)
 
 
 def latency_fields(ctx: Context, timing: Any) -> dict[str, Any]:
@@ -213,7 +227,7 @@ def run_rounds(ctx: Context) -> tuple[list[dict[str, Any]], dict[str, Any] | Non
     rounds: list[dict[str, Any]] = []
     ceilings: dict[str, float] = {}
     while len(rounds) < job.max_rounds:
-        candidate = pick(candidates, job.budget, ctx.latency, ceilings=ceilings)
+        candidate = choose(ctx, candidates, ceilings)
         if candidate is None:
             break
         record = run_round(ctx, candidate, index=len(rounds) + 1)
@@ -224,6 +238,45 @@ def run_rounds(ctx: Context) -> tuple[list[dict[str, Any]], dict[str, Any] | Non
     if not rounds:
         nothing_fits_before_training(ctx, candidates)
     return rounds, None
+
+
+def choose(ctx: Context, candidates: list[Candidate], ceilings: dict[str, float]) -> Candidate | None:
+    """The largest candidate predicted to fit, confirmed by timing an untrained copy before training.
+
+    Latency, memory and size do not depend on the weights, so an untrained export measured on this host
+    tells what the trained student will cost; a candidate that then misses is skipped without training.
+    """
+    while True:
+        candidate = pick(candidates, ctx.job.budget, ctx.latency, ceilings=ceilings)
+        if candidate is None or not ctx.job.probe or ctx.latency.exact(candidate.flops):
+            return candidate
+        probe(ctx, candidate)
+
+
+def probe(ctx: Context, candidate: Candidate) -> None:
+    """Export an untrained copy of ``candidate`` and time it on this host (also proves it exports)."""
+    job = ctx.job
+    model = AutoModelForSequenceClassification.from_config(
+        student_config(job.teacher.model.config, candidate.spec)
+    )
+    timing = time_unsaved(ctx, model, candidate.flops)
+    fields = latency_fields(ctx, timing)
+    fits = not misses(predict(candidate, ctx.latency), job.budget)
+    ctx.probes.append(
+        {
+            "student": {**candidate.spec.as_dict(), "params": candidate.params, "flops": candidate.flops},
+            "latency_ms": fields["latency_ms"],
+            "latency_source": fields["latency_source"],
+            "peak_memory_mb": round(timing.peak_memory_mb, 1),
+            "size_mb": round(timing.size_mb, 2),
+            "fits": fits,
+        }
+    )
+    verdict = "fits" if fits else "misses, skipped without training"
+    ctx.reporter.say(
+        f"Probe {candidate.spec.label} (untrained): p90 {fields['latency_ms']['p90']:.1f} ms "
+        f"{fields['latency_source']}, {timing.size_mb:.1f} MB -> {verdict}"
+    )
 
 
 def lower_ceilings(ceilings: dict[str, float], candidate: Candidate, record: dict[str, Any]) -> None:
@@ -273,10 +326,7 @@ def run_round(ctx: Context, candidate: Candidate, *, index: int) -> dict[str, An
     held_out = {k: v[: job.parity_examples] for k, v in ctx.inputs["test"].items()}
     parity = check_parity(get_target(job.target), artifact, wrapped, held_out)
     reporter.say(f"  exported {job.target}, parity ok (max abs diff {parity.max_abs_diff:.2e})")
-    timing = profile_on_host(artifact, numpy_batch_one(ctx), runs=job.profile_runs)
-    ctx.latency.observe(
-        flops=candidate.flops, host_ms=timing.p90_ms, memory_mb=timing.peak_memory_mb, size_mb=timing.size_mb
-    )
+    timing = time_on_host(ctx, artifact, candidate.flops)
     record = round_record(ctx, candidate, index, predicted, trained, test_logits, labels["test"], timing)
     record.update(parity=parity.as_dict(), artifact=str(artifact.relative_to(ctx.work)))
     record["_student"] = student  # kept in memory only, for saving the winner

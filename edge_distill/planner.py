@@ -89,9 +89,17 @@ def predicted_misses(candidate: Candidate, budget: Budget, latency: LatencyModel
 
 
 def predict(candidate: Candidate, latency: LatencyModel) -> dict[str, float]:
+    """Device latency, runtime memory and artifact size: measured figures where this shape was probed."""
+    probed = latency.exact(candidate.flops)
+    if probed is not None:
+        return {
+            "latency_ms": latency.device_ms_from_host(probed.host_ms),
+            "memory_mb": probed.memory_mb,
+            "size_mb": probed.size_mb,
+        }
     return {
         "latency_ms": latency.predict_device_ms(candidate.flops),
-        "memory_mb": latency.predict_memory_mb(candidate.size_mb),
+        "memory_mb": latency.predict_memory_mb(candidate.size_mb, candidate.flops),
         "size_mb": candidate.size_mb,
     }
 

@@ -234,6 +234,7 @@ def test_loop_shrinks_after_a_measured_miss(
         *pair(tiny_teacher_dir, tiny_csv),
         "--size-mb",
         size,
+        "--no-probe",  # train without timing an untrained copy first, so the miss is found after training
     ]
     code, _out, err = run(capsys, *args, "--out", str(out_dir), *FAST)
     assert code == 0, err
@@ -256,6 +257,7 @@ def test_nothing_fits_after_rounds_exits_3_with_report(
         *pair(tiny_teacher_dir, tiny_csv),
         "--size-mb",
         size,
+        "--no-probe",  # train without timing an untrained copy first, so the miss is found after training
     ]
     code, _out, err = run(
         capsys, *args, "--out", str(out_dir), "--epochs", "1", "--seq-len", "16", "--max-rounds", "1"
@@ -288,3 +290,18 @@ def test_interrupt_leaves_nothing_half_written(
     )
     assert code == 130 and "Interrupted" in err
     assert not out_dir.exists() and not list(tmp_path.glob(".*partial"))
+
+
+def test_probe_skips_a_candidate_without_training(
+    tiny_teacher_dir: Path, tiny_csv: Path, tmp_path: Path, capsys
+) -> None:
+    out_dir = tmp_path / "run"
+    size = f"{shrink_budget(tiny_teacher_dir):.6f}"
+    args = [*pair(tiny_teacher_dir, tiny_csv), "--profile", "host", "--size-mb", size, "--out", str(out_dir)]
+    code, out, err = run(capsys, *args, *FAST)
+    assert code == 0, err
+    report = json.loads((out_dir / "report.json").read_text())
+    assert not report["probes"][0]["fits"] and report["probes"][0]["size_mb"] > float(size)
+    (only,) = report["rounds"]  # the probed miss was never trained
+    assert only["fits"] and only["student"]["params"] < report["probes"][0]["student"]["params"]
+    assert "skipped without training" in out
