@@ -5,22 +5,24 @@ The latency model, stated plainly:
 1. A reference workload (MobileNet V1 1.0 at 224, the model device tables publish latencies for) is
    exported to ONNX (once, cached) and timed on this host in every run: ``host_ref_gflops = FLOPs / time``.
 2. A profile gives the device's effective throughput on the same workload: ``device_gflops``.
-3. A model measured on this host at ``t_host`` is predicted to take
-   ``t_host * host_ref_gflops / device_gflops`` on the device.
+3. A model measured on this host at ``t_host`` (with the reference timed right beside it, so that load on
+   the host cancels out) is predicted to take ``t_host * host_ref_gflops / device_gflops`` on the device.
 4. A model not yet measured gets ``t_host = FLOPs / host_family_gflops``, where ``host_family_gflops`` is
    the throughput of the measured model of its family with the nearest FLOPs (the teacher at first):
    the calibration that every measurement refines.
 
 Example:
-    >>> model = LatencyModel(device_gflops=34.0, host_ref_gflops=60.0)  # doctest: +SKIP
-    >>> model.observe(flops=2.7e9, host_ms=30.0)                        # doctest: +SKIP
-    >>> model.predict_device_ms(1.8e9)                                  # doctest: +SKIP
+    >>> model = LatencyModel(device_gflops=40.5)
+    >>> _ = model.observe(flops=2_700_000_000, host_ms=30.0, memory_mb=180, size_mb=90, ref_gflops=81.0)
+    >>> round(model.predict_device_ms(1_800_000_000), 1)  # 20 ms on the host, the device half as fast
+    40.0
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,7 +123,7 @@ def _cpu_model_name() -> str | None:
     return None
 
 
-def measure_host_reference(cache_dir: Path, *, runs: int = 50) -> HostReference:
+def measure_host_reference(cache_dir: Path, *, runs: int = 20) -> HostReference:
     """Time the reference workload in ONNX Runtime on this host, now.
 
     The exported reference is cached (it only depends on the exporter's version); the timing is taken
@@ -159,28 +161,33 @@ def reference_artifact(folder: Path) -> tuple[Path, int]:
 
 @dataclass(frozen=True)
 class Measurement:
-    """One model timed on this host: its FLOPs, p90 latency, peak memory and artifact size."""
+    """One model timed on this host: FLOPs, p90 latency, peak memory, artifact size, and the reference
+    workload's speed measured beside it (so that load on the host cancels out of the device prediction)."""
 
     flops: int
     host_ms: float
     memory_mb: float
     size_mb: float
+    ref_gflops: float
 
 
 @dataclass
 class LatencyModel:
     """Predicts device latency (and runtime memory) from host measurements and FLOPs.
 
-    See the module docstring for the model; every ``observe`` refines later predictions.
+    See the module docstring; ``device_gflops=None`` means the device is this host (no scaling).
+    Every ``observe`` refines later predictions.
     """
 
-    device_gflops: float
-    host_ref_gflops: float
+    device_gflops: float | None
     measurements: list[Measurement] = field(default_factory=list)
 
-    def observe(self, *, flops: int, host_ms: float, memory_mb: float, size_mb: float) -> None:
+    def observe(
+        self, *, flops: int, host_ms: float, memory_mb: float, size_mb: float, ref_gflops: float
+    ) -> Measurement:
         """Record a host measurement; later predictions calibrate on it."""
-        self.measurements.append(Measurement(flops, host_ms, memory_mb, size_mb))
+        self.measurements.append(Measurement(flops, host_ms, memory_mb, size_mb, ref_gflops))
+        return self.measurements[-1]
 
     def nearest(self, flops: int) -> Measurement | None:
         """The latest measurement of the model with the nearest FLOPs (an exact match is that model)."""
@@ -192,16 +199,16 @@ class LatencyModel:
         nearest = self.nearest(flops)
         return nearest if nearest is not None and nearest.flops == flops else None
 
-    def predict_host_ms(self, flops: int) -> float:
-        nearest = self.nearest(flops)
-        host_gflops = nearest.flops / (nearest.host_ms * 1e6) if nearest else self.host_ref_gflops
-        return flops / (host_gflops * 1e6)
-
-    def device_ms_from_host(self, host_ms: float) -> float:
-        return host_ms * self.host_ref_gflops / self.device_gflops
+    def device_ms(self, host_ms: float, ref_gflops: float) -> float:
+        """A host latency scaled to the device by the reference workload's speed on each."""
+        return host_ms if self.device_gflops is None else host_ms * ref_gflops / self.device_gflops
 
     def predict_device_ms(self, flops: int) -> float:
-        return self.device_ms_from_host(self.predict_host_ms(flops))
+        """Scale the nearest measured model's latency by FLOPs, then to the device."""
+        nearest = self.nearest(flops)
+        if nearest is None:  # nothing measured yet: FLOPs at the device's reference throughput
+            return flops / ((self.device_gflops or 1.0) * 1e6)
+        return self.device_ms(flops * nearest.host_ms / nearest.flops, nearest.ref_gflops)
 
     def predict_memory_mb(self, size_mb: float, flops: int) -> float:
         """Runtime peak memory: size times the memory/size ratio of the nearest measured model."""
@@ -211,12 +218,14 @@ class LatencyModel:
         )
         return size_mb * ratio
 
-    def calibration(self) -> dict[str, object]:
-        """What a `predicted` latency rests on, for the report."""
+    def calibration(self, measurement: Measurement | None = None) -> dict[str, object]:
+        """What a `predicted` latency rests on: for one measurement, or the run as a whole."""
+        refs = [m.ref_gflops for m in self.measurements]
+        ref = measurement.ref_gflops if measurement else (statistics.median(refs) if refs else None)
         return {
-            "method": "host-measured (or FLOPs-scaled) latency x host/device throughput on the reference",
+            "method": "host latency x host/device throughput on the reference workload, timed beside it",
             "reference_workload": REFERENCE_NAME,
-            "host_reference_gflops": round(self.host_ref_gflops, 2),
-            "device_gflops": round(self.device_gflops, 2),
+            "host_reference_gflops": round(ref, 2) if ref else None,
+            "device_gflops": self.device_gflops,
             "host_measurements": len(self.measurements),
         }

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import platformdirs
 import torch
@@ -21,9 +21,9 @@ from transformers import AutoModelForSequenceClassification
 
 from edge_distill.atomic import atomic_dir
 from edge_distill.cache import TeacherCache, cache_key
-from edge_distill.cost import REFERENCE_NAME, HostReference, LatencyModel, measure_host_reference
+from edge_distill.cost import LatencyModel, Measurement, measure_host_reference
 from edge_distill.data import TextDataset, tokenize
-from edge_distill.devices import profile_on_host
+from edge_distill.devices import LatencyProfile, profile_on_host
 from edge_distill.errors import EdgeDistillError, NothingFitsError
 from edge_distill.planner import Candidate, closest_miss, cost_candidates, misses, model_cost, pick, predict
 from edge_distill.profiles import Budget, DeviceProfile
@@ -54,6 +54,13 @@ class Reporter:
 def cache_root() -> Path:
     """The user cache folder (``EDGE_DISTILL_CACHE`` overrides it, e.g. for tests)."""
     return Path(os.environ.get("EDGE_DISTILL_CACHE") or platformdirs.user_cache_dir("edge-distill"))
+
+
+class Timed(NamedTuple):
+    """A host timing and the calibrated measurement the latency model recorded for it."""
+
+    profile: LatencyProfile
+    measurement: Measurement
 
 
 @dataclass
@@ -88,9 +95,9 @@ class Context:
     teacher_logits: dict[str, torch.Tensor]
     teacher_info: dict[str, Any]
     latency: LatencyModel
-    host_reference: HostReference
     reporter: Reporter
     cache_info: dict[str, Any]
+    references: list[dict[str, Any]] = field(default_factory=list)
     probes: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -128,12 +135,9 @@ def prepare(job: Job, work: Path, reporter: Reporter) -> Context:
         return {name: predict_logits(job.teacher.model, batch) for name, batch in inputs.items()}
 
     logits, hit = cache.get_or_compute(key, compute)
-    reporter.say(f"Calibrating the latency model: timing {REFERENCE_NAME} on this host")
-    reference = measure_host_reference(cache_root())
     device = job.profile.throughput_for("fp32")
-    device_gflops = reference.gflops if job.profile.measured or device is None else device.gflops
-    latency = LatencyModel(device_gflops=device_gflops, host_ref_gflops=reference.gflops)
-    ctx = Context(job, work, inputs, logits, {}, latency, reference, reporter, {})
+    latency = LatencyModel(device_gflops=None if job.profile.measured or device is None else device.gflops)
+    ctx = Context(job, work, inputs, logits, {}, latency, reporter, {})
     ctx.cache_info = {"cache": "hit" if hit else "computed", "key": key, "path": str(cache.path(key))}
     ctx.teacher_info = measure_teacher(ctx)
     reporter.say(teacher_line(ctx))
@@ -156,7 +160,8 @@ def measure_teacher(ctx: Context) -> dict[str, Any]:
     """The teacher's accuracy and its cost on this host and (predicted) on the device."""
     job, labels = ctx.job, torch.as_tensor(ctx.job.data.test.labels)
     params, flops = model_cost(job.teacher.model, job.sequence_length)
-    timing = time_unsaved(ctx, job.teacher.model, flops)
+    timed = time_unsaved(ctx, job.teacher.model, flops)
+    timing = timed.profile
     return {
         "name": job.teacher.name,
         "path": str(job.teacher.path),
@@ -168,30 +173,42 @@ def measure_teacher(ctx: Context) -> dict[str, Any]:
             "split": "test",
             "value": accuracy(ctx.teacher_logits["test"], labels),
         },
-        **latency_fields(ctx, timing),
+        **latency_fields(ctx, timed),
         "peak_memory_mb": round(timing.peak_memory_mb, 1),
         "load_ms": round(timing.load_ms, 1),
     }
 
 
-def time_on_host(ctx: Context, artifact: Path, flops: int) -> Any:
-    """Time ``artifact`` at batch 1 on this host, and calibrate the latency model on it."""
+def time_on_host(ctx: Context, artifact: Path, flops: int) -> Timed:
+    """Time ``artifact`` at batch 1 on this host, between two timings of the reference workload.
+
+    The device latency is predicted from the ratio of the two, so the reference is timed right beside
+    the model: load on the host (other processes, thermals) then slows both alike and cancels out.
+    """
+    before = measure_host_reference(cache_root())
     timing = profile_on_host(artifact, numpy_batch_one(ctx), runs=ctx.job.profile_runs)
-    ctx.latency.observe(
-        flops=flops, host_ms=timing.p90_ms, memory_mb=timing.peak_memory_mb, size_mb=timing.size_mb
+    after = measure_host_reference(cache_root())
+    measurement = ctx.latency.observe(
+        flops=flops,
+        host_ms=timing.p90_ms,
+        memory_mb=timing.peak_memory_mb,
+        size_mb=timing.size_mb,
+        ref_gflops=(before.gflops + after.gflops) / 2,
     )
-    return timing
+    ctx.references += [before.as_dict(), after.as_dict()]
+    return Timed(timing, measurement)
 
 
-def time_unsaved(ctx: Context, model: torch.nn.Module, flops: int) -> Any:
+def time_unsaved(ctx: Context, model: torch.nn.Module, flops: int) -> Timed:
     """Export ``model`` to a temporary artifact and time it (the teacher, an untrained probe)."""
     with tempfile.TemporaryDirectory() as tmp:
         artifact = get_target(ctx.job.target).export(LogitsOnly(model).eval(), batch_one(ctx), Path(tmp))
         return time_on_host(ctx, artifact, flops)
 
 
-def latency_fields(ctx: Context, timing: Any) -> dict[str, Any]:
+def latency_fields(ctx: Context, timed: Timed) -> dict[str, Any]:
     """Latency on the device with where it comes from, and the host measurement it rests on."""
+    timing = timed.profile
     host = {"p50": timing.p50_ms, "p90": timing.p90_ms, "p99": timing.p99_ms}
     if ctx.job.profile.measured:
         return {
@@ -199,11 +216,11 @@ def latency_fields(ctx: Context, timing: Any) -> dict[str, Any]:
             "latency_source": "measured-host",
             "host_latency_ms": rounded(host),
         }
-    device = {k: ctx.latency.device_ms_from_host(v) for k, v in host.items()}
+    device = {k: ctx.latency.device_ms(v, timed.measurement.ref_gflops) for k, v in host.items()}
     return {
         "latency_ms": rounded(device),
         "latency_source": "predicted",
-        "calibration": ctx.latency.calibration(),
+        "calibration": ctx.latency.calibration(timed.measurement),
         "host_latency_ms": rounded(host),
     }
 
@@ -259,8 +276,8 @@ def probe(ctx: Context, candidate: Candidate) -> None:
     model = AutoModelForSequenceClassification.from_config(
         student_config(job.teacher.model.config, candidate.spec)
     )
-    timing = time_unsaved(ctx, model, candidate.flops)
-    fields = latency_fields(ctx, timing)
+    timed = time_unsaved(ctx, model, candidate.flops)
+    timing, fields = timed.profile, latency_fields(ctx, timed)
     fits = not misses(predict(candidate, ctx.latency), job.budget)
     ctx.probes.append(
         {
@@ -326,8 +343,8 @@ def run_round(ctx: Context, candidate: Candidate, *, index: int) -> dict[str, An
     held_out = {k: v[: job.parity_examples] for k, v in ctx.inputs["test"].items()}
     parity = check_parity(get_target(job.target), artifact, wrapped, held_out)
     reporter.say(f"  exported {job.target}, parity ok (max abs diff {parity.max_abs_diff:.2e})")
-    timing = time_on_host(ctx, artifact, candidate.flops)
-    record = round_record(ctx, candidate, index, predicted, trained, test_logits, labels["test"], timing)
+    timed = time_on_host(ctx, artifact, candidate.flops)
+    record = round_record(ctx, candidate, index, predicted, trained, test_logits, labels["test"], timed)
     record.update(parity=parity.as_dict(), artifact=str(artifact.relative_to(ctx.work)))
     record["_student"] = student  # kept in memory only, for saving the winner
     verdict = "fits" if record["fits"] else "misses: " + "; ".join(record["miss_sentences"])
@@ -347,10 +364,10 @@ def round_record(
     trained: Any,
     test_logits: torch.Tensor,
     labels: torch.Tensor,
-    timing: Any,
+    timed: Timed,
 ) -> dict[str, Any]:
     """The round as report.json states it."""
-    fields = latency_fields(ctx, timing)
+    timing, fields = timed.profile, latency_fields(ctx, timed)
     measured = {
         "latency_ms": fields["latency_ms"]["p90"],
         "memory_mb": timing.peak_memory_mb,

@@ -93,7 +93,7 @@ def predict(candidate: Candidate, latency: LatencyModel) -> dict[str, float]:
     probed = latency.exact(candidate.flops)
     if probed is not None:
         return {
-            "latency_ms": latency.device_ms_from_host(probed.host_ms),
+            "latency_ms": latency.device_ms(probed.host_ms, probed.ref_gflops),
             "memory_mb": probed.memory_mb,
             "size_mb": probed.size_mb,
         }

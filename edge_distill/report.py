@@ -42,7 +42,7 @@ def build_report(ctx: Context, rounds: list[dict[str, Any]], winner: dict[str, A
         "data": data_section(job),
         "teacher": ctx.teacher_info,
         "teacher_outputs": ctx.cache_info,
-        "calibration": {**ctx.latency.calibration(), "host_reference": ctx.host_reference.as_dict()},
+        "calibration": {**ctx.latency.calibration(), "host_reference_timings": ctx.references},
         "training": job.train.as_dict(),
         "probes": ctx.probes,
         "rounds": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rounds],

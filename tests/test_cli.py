@@ -83,7 +83,7 @@ def test_predicted_latency_on_a_device_profile(
     assert first["latency_source"] == "predicted"
     assert first["calibration"]["device_gflops"] == pytest.approx(40.5)
     ratio = first["latency_ms"]["p90"] / first["host_latency_ms"]["p90"]
-    calibration = report["calibration"]
+    calibration = first["calibration"]
     assert ratio == pytest.approx(
         calibration["host_reference_gflops"] / calibration["device_gflops"], rel=0.01
     )

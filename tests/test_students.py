@@ -83,3 +83,21 @@ def test_candidates_cost_fewer_flops_and_params_than_teacher(teacher: torch.nn.M
     candidates = cost_candidates(teacher.config, seq_len=32)
     assert all(c.params < params and c.flops < flops for c in candidates)
     assert artifact_mb(params) == pytest.approx(params * 4 / 2**20)
+
+
+def test_latency_model_scales_by_reference_and_flops() -> None:
+    from edge_distill.cost import LatencyModel
+
+    model = LatencyModel(device_gflops=40.0)
+    model.observe(flops=2_000_000_000, host_ms=20.0, memory_mb=200.0, size_mb=100.0, ref_gflops=80.0)
+    # measured model: host time x (host reference speed / device speed)
+    assert model.device_ms(20.0, 80.0) == pytest.approx(40.0)
+    # unmeasured: FLOPs-scaled from the nearest measured model, then to the device
+    assert model.predict_device_ms(1_000_000_000) == pytest.approx(20.0)
+    assert model.predict_memory_mb(50.0, 1_000_000_000) == pytest.approx(100.0)
+    # a later, exact measurement of the same shape wins over the FLOPs estimate
+    model.observe(flops=1_000_000_000, host_ms=15.0, memory_mb=90.0, size_mb=50.0, ref_gflops=60.0)
+    assert model.exact(1_000_000_000).host_ms == 15.0
+    assert model.predict_device_ms(1_000_000_000) == pytest.approx(15.0 * 60.0 / 40.0)
+    # the host itself: no scaling
+    assert LatencyModel(device_gflops=None).device_ms(12.0, 80.0) == 12.0
