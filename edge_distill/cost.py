@@ -123,7 +123,7 @@ def _cpu_model_name() -> str | None:
     return None
 
 
-def measure_host_reference(cache_dir: Path, *, runs: int = 20) -> HostReference:
+def measure_host_reference(cache_dir: Path, *, runs: int = 50) -> HostReference:
     """Time the reference workload in ONNX Runtime on this host, now.
 
     The exported reference is cached (it only depends on the exporter's version); the timing is taken

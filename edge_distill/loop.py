@@ -76,7 +76,7 @@ class Job:
     target: str = "onnx"
     max_rounds: int = 4
     seq_len: int | None = None
-    profile_runs: int = 50
+    profile_runs: int = 100
     parity_examples: int = 64
     probe: bool = True
 

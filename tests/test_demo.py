@@ -16,7 +16,7 @@ def test_demo_on_raspberry_pi_fits_the_budget_it_reports(
 ) -> None:
     out_dir = tmp_path / "run"
     code = main(
-        ["--profile", "raspberry-pi", "--max-per-class", "24", "--epochs", "2", "--out", str(out_dir)]
+        ["--profile", "raspberry-pi", "--max-per-class", "40", "--epochs", "3", "--out", str(out_dir)]
     )
     out, err = capsys.readouterr()
     assert code == 0, err
@@ -32,7 +32,9 @@ def test_demo_on_raspberry_pi_fits_the_budget_it_reports(
     assert chosen["peak_memory_mb"] <= budget["memory_mb"] and chosen["size_mb"] <= budget["size_mb"]
     assert chosen["student"]["params"] < report["teacher"]["params"]
     assert chosen["parity"]["ok"] and chosen["parity"]["top1_agreement"] == 1.0
-    assert chosen["metric"]["value"] > 0.5  # 5 classes: well above chance even on 24 examples per class
+    assert (
+        chosen["metric"]["value"] > 0.5
+    )  # 5 classes: well above chance (0.2) on 32 training examples per class
     assert (out_dir / report["result"]["artifact"]).is_file()
     student = json.loads((out_dir / "student" / "config.json").read_text())
     assert student["id2label"] == {
