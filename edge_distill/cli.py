@@ -112,7 +112,8 @@ def envelope(command: str, result: Any, *, error: str | None = None, code: int =
 
 
 def profiles_command(args: argparse.Namespace, console: Console) -> int:
-    from edge_distill.profiles import available_profiles, load_profile, profile_detail, profiles_table
+    from edge_distill.profiles import available_profiles, load_profile
+    from edge_distill.profiles_view import profile_detail, profiles_table
 
     if args.action == "show":
         if not args.name:

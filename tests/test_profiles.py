@@ -19,10 +19,9 @@ from edge_distill.profiles import (
     _index,
     available_profiles,
     load_profile,
-    profile_detail,
-    profiles_table,
     resolve_budget,
 )
+from edge_distill.profiles_view import profile_detail, profiles_table
 
 BUILTIN_NAMES = [p.name for p in available_profiles()]
 
