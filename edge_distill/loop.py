@@ -98,6 +98,7 @@ class Context:
     reporter: Reporter
     cache_info: dict[str, Any]
     references: list[dict[str, Any]] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)
     probes: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -121,10 +122,36 @@ def run_job(job: Job, reporter: Reporter | None = None) -> dict[str, Any]:
 
 
 def prepare(job: Job, work: Path, reporter: Reporter) -> Context:
-    """Tokenise, fetch teacher outputs (cached), calibrate on this host, measure the teacher."""
+    """Tokenise, measure the teacher on this host, cost the candidates, then fetch teacher outputs.
+
+    A budget that no candidate can meet is found before the teacher runs over the data.
+    """
     seq_len = job.sequence_length
     splits = {"train": job.data.train, "val": job.data.val, "test": job.data.test}
     inputs = {name: tokenize(job.teacher.tokenizer, split.texts, seq_len) for name, split in splits.items()}
+    device = job.profile.throughput_for("fp32")
+    latency = LatencyModel(device_gflops=None if job.profile.measured or device is None else device.gflops)
+    ctx = Context(job, work, inputs, {}, {}, latency, reporter, {})
+    ctx.teacher_info = measure_teacher(ctx)
+    ctx.candidates = cost_candidates(job.teacher.model.config, seq_len=seq_len)
+    if pick(ctx.candidates, job.budget, latency, ceilings={}) is None:
+        nothing_fits_before_training(ctx, ctx.candidates)
+    ctx.teacher_logits, ctx.cache_info = teacher_outputs(job, inputs, reporter)
+    labels = torch.as_tensor(job.data.test.labels)
+    ctx.teacher_info["metric"] = {
+        "name": "accuracy",
+        "split": "test",
+        "value": accuracy(ctx.teacher_logits["test"], labels),
+    }
+    reporter.say(teacher_line(ctx))
+    return ctx
+
+
+def teacher_outputs(
+    job: Job, inputs: dict[str, dict[str, torch.Tensor]], reporter: Reporter
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The teacher's logits on every split: from the cache, or computed once and cached."""
+    seq_len = job.sequence_length
     key = cache_key(
         job.teacher.fingerprint(), job.data.fingerprint(), {"seq_len": seq_len, "outputs": "logits"}
     )
@@ -135,13 +162,7 @@ def prepare(job: Job, work: Path, reporter: Reporter) -> Context:
         return {name: predict_logits(job.teacher.model, batch) for name, batch in inputs.items()}
 
     logits, hit = cache.get_or_compute(key, compute)
-    device = job.profile.throughput_for("fp32")
-    latency = LatencyModel(device_gflops=None if job.profile.measured or device is None else device.gflops)
-    ctx = Context(job, work, inputs, logits, {}, latency, reporter, {})
-    ctx.cache_info = {"cache": "hit" if hit else "computed", "key": key, "path": str(cache.path(key))}
-    ctx.teacher_info = measure_teacher(ctx)
-    reporter.say(teacher_line(ctx))
-    return ctx
+    return logits, {"cache": "hit" if hit else "computed", "key": key, "path": str(cache.path(key))}
 
 
 def teacher_line(ctx: Context) -> str:
@@ -157,8 +178,8 @@ def teacher_line(ctx: Context) -> str:
 
 
 def measure_teacher(ctx: Context) -> dict[str, Any]:
-    """The teacher's accuracy and its cost on this host and (predicted) on the device."""
-    job, labels = ctx.job, torch.as_tensor(ctx.job.data.test.labels)
+    """The teacher's cost on this host and (predicted) on the device; its metric is added later."""
+    job = ctx.job
     params, flops = model_cost(job.teacher.model, job.sequence_length)
     timed = time_unsaved(ctx, job.teacher.model, flops)
     timing = timed.profile
@@ -168,11 +189,6 @@ def measure_teacher(ctx: Context) -> dict[str, Any]:
         "params": params,
         "flops": flops,
         "size_mb": round(timing.size_mb, 2),
-        "metric": {
-            "name": "accuracy",
-            "split": "test",
-            "value": accuracy(ctx.teacher_logits["test"], labels),
-        },
         **latency_fields(ctx, timed),
         "peak_memory_mb": round(timing.peak_memory_mb, 1),
         "load_ms": round(timing.load_ms, 1),
@@ -239,8 +255,7 @@ def numpy_batch_one(ctx: Context) -> dict[str, Any]:
 
 def run_rounds(ctx: Context) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """Train and measure candidates, largest predicted to fit first, until one fits or none is left."""
-    job = ctx.job
-    candidates = cost_candidates(job.teacher.model.config, seq_len=job.sequence_length)
+    job, candidates = ctx.job, ctx.candidates
     rounds: list[dict[str, Any]] = []
     ceilings: dict[str, float] = {}
     while len(rounds) < job.max_rounds:

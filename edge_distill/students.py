@@ -39,7 +39,7 @@ class StudentSpec:
 
     @property
     def label(self) -> str:
-        return f"{self.layers} layers x {self.hidden}"
+        return f"{self.layers} layer{'s' if self.layers > 1 else ''} x {self.hidden}"
 
     def as_dict(self) -> dict[str, int]:
         return {
