@@ -16,7 +16,7 @@ from typing import Any
 from edge_distill.data import TextDataset, load_demo_data, load_text_file
 from edge_distill.demo_teacher import build_demo_teacher
 from edge_distill.errors import DataError, TeacherError
-from edge_distill.loop import Job, Reporter, cache_root, run_job
+from edge_distill.loop import Job, Reporter, cache_root, check_out_dir, run_job
 from edge_distill.profiles import Budget, DeviceProfile, load_profile, resolve_budget
 from edge_distill.teachers import Teacher, load_teacher
 from edge_distill.trainer import TrainSettings
@@ -90,6 +90,8 @@ def make_job(
     reporter: Reporter | None = None,
 ) -> Job:
     """Load the teacher and data (the demo when neither is given) into a Job for ``profile``."""
+    out_dir = out_dir or default_out_dir(profile)
+    check_out_dir(out_dir)  # before minutes of loading, not after
     length = seq_len or profile.sequence_length
     train = train or TrainSettings()
     loaded, dataset = load_inputs(
@@ -107,7 +109,7 @@ def make_job(
         budget=budget,
         teacher=loaded,
         data=dataset,
-        out_dir=out_dir or default_out_dir(profile),
+        out_dir=out_dir,
         train=train,
         max_rounds=max_rounds,
         probe=probe,

@@ -109,8 +109,7 @@ def run_job(job: Job, reporter: Reporter | None = None) -> dict[str, Any]:
     leaves nothing half-written; a run where nothing fits still leaves its report.
     """
     reporter = reporter or Reporter()
-    if job.out_dir.exists() and any(job.out_dir.iterdir()):
-        raise EdgeDistillError(f"Run folder {job.out_dir} already exists; pass another --out or remove it.")
+    check_out_dir(job.out_dir)
     with atomic_dir(job.out_dir) as work:
         ctx = prepare(job, work, reporter)
         rounds, winner = run_rounds(ctx)
@@ -119,6 +118,12 @@ def run_job(job: Job, reporter: Reporter | None = None) -> dict[str, Any]:
     if not report["result"]["fits"]:
         raise NothingFitsError(report["result"]["reason"])
     return report
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse to write over a run folder that already holds something."""
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise EdgeDistillError(f"Run folder {out_dir} already exists; pass another --out or remove it.")
 
 
 def prepare(job: Job, work: Path, reporter: Reporter) -> Context:
