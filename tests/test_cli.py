@@ -223,19 +223,18 @@ def shrink_budget(teacher_dir: Path) -> float:
     return largest.size_mb + 0.001
 
 
+def unprobed_size_miss(teacher_dir: Path, data: Path) -> list[str]:
+    """Flags under which round 1 trains the largest candidate and then misses the size budget."""
+    size = f"{shrink_budget(teacher_dir):.6f}"
+    # --no-probe: train without timing an untrained copy first, so the miss is found after training
+    return ["--profile", "host", *pair(teacher_dir, data), "--size-mb", size, "--no-probe"]
+
+
 def test_loop_shrinks_after_a_measured_miss(
     tiny_teacher_dir: Path, tiny_csv: Path, tmp_path: Path, capsys
 ) -> None:
     out_dir = tmp_path / "run"
-    size = f"{shrink_budget(tiny_teacher_dir):.6f}"
-    args = [
-        "--profile",
-        "host",
-        *pair(tiny_teacher_dir, tiny_csv),
-        "--size-mb",
-        size,
-        "--no-probe",  # train without timing an untrained copy first, so the miss is found after training
-    ]
+    args = unprobed_size_miss(tiny_teacher_dir, tiny_csv)
     code, _out, err = run(capsys, *args, "--out", str(out_dir), *FAST)
     assert code == 0, err
     report = json.loads((out_dir / "report.json").read_text())
@@ -250,15 +249,7 @@ def test_nothing_fits_after_rounds_exits_3_with_report(
     tiny_teacher_dir: Path, tiny_csv: Path, tmp_path: Path, capsys
 ) -> None:
     out_dir = tmp_path / "run"
-    size = f"{shrink_budget(tiny_teacher_dir):.6f}"
-    args = [
-        "--profile",
-        "host",
-        *pair(tiny_teacher_dir, tiny_csv),
-        "--size-mb",
-        size,
-        "--no-probe",  # train without timing an untrained copy first, so the miss is found after training
-    ]
+    args = unprobed_size_miss(tiny_teacher_dir, tiny_csv)
     code, _out, err = run(
         capsys, *args, "--out", str(out_dir), "--epochs", "1", "--seq-len", "16", "--max-rounds", "1"
     )
