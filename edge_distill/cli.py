@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 import tomllib
@@ -144,10 +145,12 @@ def read_config(path: Path | None) -> dict[str, float] | None:
         raise ProfileError(f"Config file {path} does not exist; check the --config path.") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"Config file {path} is not valid TOML ({exc}); fix the syntax.") from exc
-    unknown = set(raw) - set(CONFIG_KEYS) or set(raw.get("budget", {})) - CONFIG_KEYS["budget"]
+    unknown = sorted(set(raw) - set(CONFIG_KEYS) or set(raw.get("budget", {})) - CONFIG_KEYS["budget"])
     if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(CONFIG_KEYS["budget"]), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ProfileError(
-            f"Config file {path} has unknown key(s) {', '.join(sorted(unknown))}; "
+            f"Config file {path} has unknown key(s) {', '.join(unknown)}{hint}; "
             f"allowed: [budget] with {', '.join(sorted(CONFIG_KEYS['budget']))}."
         )
     return raw.get("budget", {})

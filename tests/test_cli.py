@@ -25,6 +25,8 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 def test_tiny_teacher_fits_host(tiny_teacher_dir: Path, tiny_csv: Path, tmp_path: Path, capsys) -> None:
     out_dir = tmp_path / "run"
+    config = tmp_path / "run.toml"
+    config.write_text("[budget]\nlatency_ms = 5\nmemory_mb = 1500\n")
     code, out, err = run(
         capsys,
         "--profile",
@@ -32,6 +34,8 @@ def test_tiny_teacher_fits_host(tiny_teacher_dir: Path, tiny_csv: Path, tmp_path
         *pair(tiny_teacher_dir, tiny_csv),
         "--out",
         str(out_dir),
+        "--config",
+        str(config),
         "--latency-ms",
         "1000",
         *FAST,
@@ -40,7 +44,10 @@ def test_tiny_teacher_fits_host(tiny_teacher_dir: Path, tiny_csv: Path, tmp_path
     assert "Fits: round 1" in out
     report = json.loads((out_dir / "report.json").read_text())
     assert report["schema"] == 1
+    # precedence: command line > config file > profile, each value with its source
     assert report["budget"]["latency_ms"] == {"value": 1000.0, "source": "command line (--latency-ms)"}
+    assert report["budget"]["memory_mb"]["value"] == 1500.0
+    assert report["budget"]["memory_mb"]["source"].startswith(f"config file {config}")
     assert report["budget"]["size_mb"]["source"].startswith("profile host")
     (first,) = report["rounds"]
     assert first["fits"] and first["latency_source"] == "measured-host"
@@ -156,6 +163,7 @@ def test_budget_no_student_can_meet_exits_3_and_writes_nothing(
         (["--profile", "host", "--teacher", "TEACHER"], ["--data"]),
         (["--profile", "host", "--latency-ms", "-5"], ["latency"]),
         (["--profile", "host", "--alpha", "2"], ["--alpha"]),
+        (["--profile", "host", "--config", "BADCONFIG"], ["unknown key", "budget"]),
         (["--profile", "BADTOML"], ["TOML"]),
         (["--profile", "host", "--teacher", "TEACHER", "--data", "EMPTY"], ["empty"]),
     ],
@@ -167,7 +175,10 @@ def test_bad_input_is_one_sentence_exit_2(
     bad_toml.write_text("name = [unclosed\n")
     empty = tmp_path / "empty.csv"
     empty.write_text("text,label\n")
+    bad_config = tmp_path / "run.toml"
+    bad_config.write_text("[budget]\nlatncy_ms = 5\n")
     swap = {
+        "BADCONFIG": str(bad_config),
         "TEACHER": str(tiny_teacher_dir),
         "DATA": str(tiny_csv),
         "BADTOML": str(bad_toml),

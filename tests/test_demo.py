@@ -44,3 +44,23 @@ def test_demo_on_raspberry_pi_fits_the_budget_it_reports(
         "3": "sports",
         "4": "tech",
     }
+
+
+@pytest.mark.slow
+def test_quickstart_example_runs(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
+    out_dir = tmp_path / "quickstart"
+    result = subprocess.run(
+        [sys.executable, str(script), "--max-per-class", "12", "--out", str(out_dir)],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert '"source": "predicted"' in result.stdout
+    assert (out_dir / "artifacts" / "onnx" / "model.onnx").is_file()
