@@ -27,7 +27,7 @@ from edge_distill.devices import LatencyProfile, profile_on_host
 from edge_distill.errors import EdgeDistillError, NothingFitsError
 from edge_distill.planner import Candidate, closest_miss, cost_candidates, misses, model_cost, pick, predict
 from edge_distill.profiles import Budget, DeviceProfile
-from edge_distill.report import build_report, save_student, write_report
+from edge_distill.report import build_report, write_report
 from edge_distill.students import LogitsOnly, build_student, student_config
 from edge_distill.targets.base import check_parity, get_target
 from edge_distill.teachers import Teacher
@@ -415,6 +415,3 @@ def round_record(
         "misses": [m.as_dict() for m in missed],
         "miss_sentences": [m.sentence for m in missed],
     }
-
-
-__all__ = ["Job", "Reporter", "cache_root", "run_job", "save_student"]
