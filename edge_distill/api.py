@@ -16,7 +16,7 @@ from typing import Any
 from edge_distill.data import TextDataset, load_demo_data, load_text_file
 from edge_distill.demo_teacher import build_demo_teacher
 from edge_distill.errors import DataError, TeacherError
-from edge_distill.loop import Job, Reporter, cache_root, check_out_dir, run_job
+from edge_distill.loop import Job, Reporter, check_out_dir, run_job
 from edge_distill.profiles import Budget, DeviceProfile, load_profile, resolve_budget
 from edge_distill.teachers import Teacher, load_teacher
 from edge_distill.trainer import TrainSettings
@@ -41,9 +41,7 @@ def load_inputs(
             "No teacher given: built-in demo (all-MiniLM-L6-v2 + topic head, BBC News, "
             f"{len(dataset.label_names)} classes)"
         )
-        built = build_demo_teacher(
-            dataset, seq_len=seq_len, cache_dir=cache_root() / "teachers", progress=reporter.progress
-        )
+        built = build_demo_teacher(dataset, seq_len=seq_len, progress=reporter.progress)
         return built, dataset
     if teacher is None:
         raise TeacherError("--data was given without a teacher; pass --teacher PATH_OR_HUB_ID as well.")

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import platformdirs
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
@@ -23,6 +25,11 @@ from safetensors.torch import load_file, save
 from edge_distill.atomic import write_bytes_atomic
 
 CACHE_VERSION = 1
+
+
+def cache_root() -> Path:
+    """The user cache folder (``EDGE_DISTILL_CACHE`` overrides it, e.g. for tests)."""
+    return Path(os.environ.get("EDGE_DISTILL_CACHE") or platformdirs.user_cache_dir("edge-distill"))
 
 
 def cache_key(teacher_fingerprint: str, data_fingerprint: str, settings: Mapping[str, object]) -> str:

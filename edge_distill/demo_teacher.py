@@ -20,6 +20,7 @@ import torch.nn.functional as F
 import transformers
 
 from edge_distill.atomic import atomic_dir
+from edge_distill.cache import cache_root
 from edge_distill.data import TextDataset, tokenize
 from edge_distill.errors import TeacherError
 from edge_distill.teachers import Teacher, evaluate, fingerprint_folder, load_teacher, quiet_transformers
@@ -51,7 +52,7 @@ def build_demo_teacher(
         0.97
     """
     key = demo_fingerprint(data, seq_len)
-    root = Path(cache_dir) if cache_dir is not None else _default_cache_root()
+    root = Path(cache_dir) if cache_dir is not None else cache_root() / "teachers"
     dest = root / f"demo-{key[:12]}"
     teacher = _load_cached_demo(dest, key)
     if teacher is None:
@@ -76,12 +77,6 @@ def demo_fingerprint(data: TextDataset, seq_len: int) -> str:
     for part in (DEMO_RECIPE_VERSION, data.fingerprint(), str(seq_len), fingerprint_folder(_minilm_path())):
         h.update(part.encode() + b"\0")
     return h.hexdigest()
-
-
-def _default_cache_root() -> Path:
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("edge-distill")) / "teachers"
 
 
 def _minilm_path() -> Path:

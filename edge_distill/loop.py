@@ -7,7 +7,6 @@ Example:
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,12 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import platformdirs
 import torch
 from transformers import AutoModelForSequenceClassification
 
 from edge_distill.atomic import atomic_dir
-from edge_distill.cache import TeacherCache, cache_key
+from edge_distill.cache import TeacherCache, cache_key, cache_root
 from edge_distill.cost import LatencyModel, Measurement, measure_host_reference
 from edge_distill.data import TextDataset, tokenize
 from edge_distill.devices import LatencyProfile, profile_on_host
@@ -49,11 +47,6 @@ class Reporter:
 
     def progress(self, description: str, completed: int, total: int) -> None:
         """Progress of a named task (a new description starts a new bar; completed == total ends it)."""
-
-
-def cache_root() -> Path:
-    """The user cache folder (``EDGE_DISTILL_CACHE`` overrides it, e.g. for tests)."""
-    return Path(os.environ.get("EDGE_DISTILL_CACHE") or platformdirs.user_cache_dir("edge-distill"))
 
 
 class Timed(NamedTuple):
