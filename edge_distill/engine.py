@@ -1,0 +1,434 @@
+"""The distillation engine's Python API: any teacher, any student, losses by name and weight.
+
+Example:
+    >>> import edge_distill
+    >>> result = edge_distill.distill(
+    ...     teacher, student, {"input_ids": ids, "attention_mask": mask, "labels": y},
+    ...     losses={"kd": 0.5, "ce": 0.5, "hidden_mse": {"weight": 1.0, "layers": "uniform"}},
+    ...     val_data=val, settings=TrainSettings(epochs=3),
+    ... )                                                               # doctest: +SKIP
+    >>> result.metrics                                                  # doctest: +SKIP
+    {'teacher': 0.97, 'student': 0.95, 'retention': 0.979, 'agreement': 0.96}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edge_distill.cache import TeacherCache, cache_root
+from edge_distill.errors import EdgeDistillError
+from edge_distill.objective import Objective, probe_widths
+from edge_distill.offline import PREFIX, CacheSpec, cached_teacher_outputs, compact, groups_of, need_key
+from edge_distill.schemes import (
+    SCHEMES,
+    SELF_TEACHERS,
+    CachedTeacher,
+    LiveTeacher,
+    MultiTeacher,
+    PeerModule,
+    SelfTeacher,
+    TeacherSource,
+)
+from edge_distill.trainer import (
+    Run,
+    StepCallback,
+    Trainable,
+    TrainResult,
+    TrainSettings,
+    fingerprint,
+    fit,
+    labels_of,
+    make_accelerator,
+)
+from edge_distill.views import Adapter, Batch, Need, Views, auto_adapter, collect, model_inputs
+
+Metric = Callable[[torch.Tensor, torch.Tensor | None], float]
+
+
+@dataclass
+class DistillResult:
+    """What ``distill`` returns: the trained student (best epoch), the run's history and its evaluation."""
+
+    student: nn.Module
+    train: TrainResult
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    scheme: str = "offline"
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "scheme": self.scheme,
+            "metrics": self.metrics,
+            "train": self.train.as_dict(),
+            "cache": self.cache,
+        }
+
+
+def default_losses(has_labels: bool, settings: TrainSettings) -> dict[str, Any]:
+    """Soft targets mixed with the hard labels by ``alpha`` (KD only when the data has no labels)."""
+    if not has_labels:
+        return {"kd": 1.0}
+    return {"kd": settings.alpha, "ce": 1.0 - settings.alpha}
+
+
+def as_examples(data: Any, what: str = "data") -> dict[str, torch.Tensor]:
+    """Columns of equal length as tensors, from a mapping, a ``datasets.Dataset`` or a map-style dataset."""
+    if hasattr(data, "with_format") and hasattr(data, "column_names"):  # datasets.Dataset
+        data = data.with_format("torch")[:]
+    elif not isinstance(data, Mapping) and hasattr(data, "__getitem__") and hasattr(data, "__len__"):
+        rows = [data[i] for i in range(len(data))]
+        if not rows or not isinstance(rows[0], Mapping):
+            raise EdgeDistillError(
+                f"{what} must yield dicts of tensors; got {type(rows[0]).__name__ if rows else 'no rows'}."
+            )
+        data = {k: torch.stack([torch.as_tensor(r[k]) for r in rows]) for k in rows[0]}
+    if not isinstance(data, Mapping) or not data:
+        raise EdgeDistillError(
+            f"{what} must be a mapping of column name to tensor; got {type(data).__name__}."
+        )
+    columns = {
+        k: v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v)) for k, v in data.items()
+    }
+    lengths = {k: len(v) for k, v in columns.items()}
+    if len(set(lengths.values())) != 1:
+        raise EdgeDistillError(
+            f"{what} columns differ in length ({lengths}); give every column one row per example."
+        )
+    if next(iter(lengths.values())) == 0:
+        raise EdgeDistillError(f"{what} has no rows; pass at least one example.")
+    return columns
+
+
+def accuracy_metric(logits: torch.Tensor, labels: torch.Tensor | None) -> float:
+    """Top-1 accuracy over the positions whose label is not -100."""
+    if labels is None:
+        raise ValueError("accuracy needs labels")
+    keep = labels != -100
+    return float((logits.argmax(-1)[keep] == labels[keep]).float().mean())
+
+
+@torch.no_grad()
+def predict(model: nn.Module, adapter: Adapter, examples: Mapping[str, torch.Tensor], batch_size: int = 64):
+    """The model's logits over ``examples`` in eval mode, fp32, in batches."""
+    model.eval()
+    out = []
+    n = len(next(iter(examples.values())))
+    for start in range(0, n, batch_size):
+        batch = {k: v[start : start + batch_size] for k, v in examples.items()}
+        out.append(collect(model, adapter, batch, Need()).logits.float())
+    return torch.cat(out)
+
+
+def evaluate(
+    student: nn.Module,
+    adapter: Adapter,
+    examples: Mapping[str, torch.Tensor],
+    teacher_logits: torch.Tensor | None,
+    metric: Metric | None,
+    teacher_metric: float | None,
+) -> dict[str, float | None]:
+    """Student metric, retention (student / teacher) and top-1 agreement with the teacher."""
+    logits = predict(student, adapter, examples)
+    labels = labels_of(examples)
+    value = (metric or accuracy_metric)(logits, labels) if labels is not None or metric else None
+    agreement = (
+        None
+        if teacher_logits is None
+        else float((logits.argmax(-1) == teacher_logits.argmax(-1)).float().mean())
+    )
+    retention = value / teacher_metric if value is not None and teacher_metric else None
+    return {"teacher": teacher_metric, "student": value, "retention": retention, "agreement": agreement}
+
+
+def _teachers(teacher: Any, scheme: str) -> list[nn.Module]:
+    if scheme not in SCHEMES:
+        raise EdgeDistillError(f"Unknown scheme {scheme!r}; choose one of {', '.join(SCHEMES)}.")
+    if scheme == "self":
+        if teacher is not None:
+            raise EdgeDistillError("scheme='self' uses the student as its own teacher; pass teacher=None.")
+        return []
+    if teacher is None:
+        raise EdgeDistillError(f"scheme={scheme!r} needs a teacher; pass one, or use scheme='self'.")
+    teachers = list(teacher) if isinstance(teacher, Sequence) else [teacher]
+    if scheme == "mutual" and len(teachers) != 1:
+        raise EdgeDistillError("Mutual learning trains one peer; pass a single teacher.")
+    return teachers
+
+
+def _prepare_attention(model: nn.Module, need: Need) -> None:
+    """Attention maps need the eager kernel (SDPA does not return them)."""
+    if need.attentions and hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation("eager")
+
+
+def _build_objective(
+    losses: Mapping[str, Any],
+    student: nn.Module,
+    teacher: nn.Module,
+    adapters: tuple[Adapter, Adapter],
+    probe: Batch,
+    settings: TrainSettings,
+) -> Objective:
+    """Resolve the spec, then run one probe batch through both models to size the learned projections."""
+    draft = Objective.build(losses, student, teacher, temperature=settings.temperature)
+    _prepare_attention(student, draft.student_need)
+    _prepare_attention(teacher, draft.teacher_need)
+    with torch.no_grad():
+        s_views = collect(student.eval(), adapters[0], probe, draft.student_need)
+        t_views = collect(teacher.eval(), adapters[1], probe, draft.teacher_need)
+    widths = probe_widths(draft, s_views, t_views)
+    return Objective.build(losses, student, teacher, widths, temperature=settings.temperature)
+
+
+def distill(
+    teacher: nn.Module | Sequence[nn.Module] | None,
+    student: nn.Module,
+    data: Any,
+    losses: Mapping[str, Any] | None = None,
+    *,
+    val_data: Any = None,
+    settings: TrainSettings | None = None,
+    scheme: str = "offline",
+    self_teacher: str = "ema",
+    teacher_weights: Sequence[float] | None = None,
+    adapter: Adapter | None = None,
+    teacher_adapter: Adapter | None = None,
+    cache: bool | str | Path = True,
+    top_k: int = 64,
+    max_cache_mb: float = 4096,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    augment: Callable[[Batch, torch.Generator], Batch] | None = None,
+    metric: Metric | None = None,
+    on_step: StepCallback | None = None,
+    say: Callable[[str], None] = lambda text: None,
+) -> DistillResult:
+    """Distil ``teacher`` into ``student`` (trained in place) on ``data``; returns a ``DistillResult``.
+
+    ``data`` and ``val_data``: columns of equal length (a dict of tensors, a ``datasets.Dataset``, or a
+    dataset yielding dicts); the model inputs plus an optional ``labels`` column. ``losses``: term ->
+    weight or options (see ``edge_distill.objective``); default ``alpha * kd + (1 - alpha) * ce``.
+    ``scheme``: ``offline`` (teacher run once, outputs cached on disk under ``cache``), ``online``,
+    ``mutual`` (the teacher is trained too, in place) or ``self`` (``teacher=None``; ``self_teacher``
+    ``ema`` or ``snapshot``). Several teachers mix their distributions by ``teacher_weights``.
+    ``adapter``/``teacher_adapter`` say how to call each model and read its outputs (default: Hugging Face
+    models and one-input modules returning logits). With ``checkpoint_dir`` a checkpoint is written after
+    every epoch; ``resume=True`` continues from it. Early stopping (``settings.patience``) and the
+    best-epoch choice use ``metric`` (default accuracy) on ``val_data``.
+    """
+    settings = settings or TrainSettings()
+    examples = as_examples(data)
+    val = as_examples(val_data, "val_data") if val_data is not None else None
+    teachers = _teachers(teacher, scheme)
+    s_adapter = adapter or auto_adapter(student)
+    t_adapter = teacher_adapter or (auto_adapter(teachers[0]) if teachers else s_adapter)
+    losses = dict(losses or default_losses(labels_of(examples) is not None, settings))
+    acc = make_accelerator(settings)
+    probe = {k: v[: min(2, len(v))] for k, v in examples.items()}
+    reference = teachers[0] if teachers else student
+    objective = _build_objective(losses, student, reference, (s_adapter, t_adapter), probe, settings)
+    source, examples, cache_info, scheme = _source(
+        scheme, teachers, student, objective, examples, settings, acc, say,
+        adapters=(s_adapter, t_adapter), self_teacher=self_teacher, weights=teacher_weights,
+        cache=cache, top_k=top_k, max_cache_mb=max_cache_mb,
+    )  # fmt: skip
+    peer = peer_objective = None
+    if scheme == "mutual":
+        peer = PeerModule(teachers[0], t_adapter, objective.teacher_need)
+        peer_objective = Objective.build(
+            default_losses(labels_of(examples) is not None, settings),
+            teachers[0],
+            None,
+            temperature=settings.temperature,
+        )
+    evaluation = _evaluation(teachers, t_adapter, s_adapter, val, metric, settings)
+    run = Run(
+        trainable=Trainable(student, objective, s_adapter),
+        source=source,
+        examples=examples,
+        settings=settings,
+        evaluate=evaluation.during if val is not None else None,
+        peer=peer,
+        peer_objective=peer_objective,
+        checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None,
+        resume=resume,
+        fingerprint=fingerprint(
+            settings.as_dict(), losses, scheme, self_teacher, list(teacher_weights or [])
+        ),
+        augment=augment,
+        on_step=on_step,
+        accelerator=acc,
+    )
+    run.fingerprint = fingerprint(run.fingerprint, student.state_dict(), model_inputs(examples))
+    trained = fit(run)
+    metrics = evaluation.final(student) if val is not None else {}
+    return DistillResult(student=student, train=trained, metrics=metrics, scheme=scheme, cache=cache_info)
+
+
+@dataclass
+class _Evaluation:
+    """The teacher's validation logits and metric, computed once; the student's, after each epoch."""
+
+    adapter: Adapter
+    val: Mapping[str, torch.Tensor] | None
+    metric: Metric | None
+    teacher_logits: torch.Tensor | None = None
+    teacher_metric: float | None = None
+
+    def during(self, student: nn.Module) -> float:
+        result = self.final(student)
+        return result["student"] if result["student"] is not None else result["agreement"]
+
+    def final(self, student: nn.Module) -> dict[str, float | None]:
+        return evaluate(
+            student, self.adapter, self.val, self.teacher_logits, self.metric, self.teacher_metric
+        )
+
+
+def _evaluation(teachers, t_adapter, s_adapter, val, metric, settings) -> _Evaluation:
+    evaluation = _Evaluation(s_adapter, val, metric)
+    if val is None or not teachers:
+        return evaluation
+    logits = [predict(t, t_adapter, val) for t in teachers]
+    labels = labels_of(val)
+    evaluation.teacher_logits = (
+        logits[0] if len(logits) == 1 else torch.stack(logits).softmax(-1).mean(0).log()
+    )
+    if labels is not None or metric:
+        evaluation.teacher_metric = (metric or accuracy_metric)(evaluation.teacher_logits, labels)
+    return evaluation
+
+
+def _source(
+    scheme: str,
+    teachers: list[nn.Module],
+    student: nn.Module,
+    objective: Objective,
+    examples: dict[str, torch.Tensor],
+    settings: TrainSettings,
+    acc: Any,
+    say: Callable[[str], None],
+    *,
+    adapters: tuple[Adapter, Adapter],
+    self_teacher: str,
+    weights: Sequence[float] | None,
+    cache: bool | str | Path,
+    top_k: int,
+    max_cache_mb: float,
+) -> tuple[TeacherSource, dict[str, torch.Tensor], dict[str, Any], str]:
+    """The teacher source for ``scheme``; for offline, the examples gain the cached ``teacher*`` columns."""
+    need, t_adapter = objective.teacher_need, adapters[1]
+    if scheme == "self":
+        if self_teacher not in SELF_TEACHERS:
+            raise EdgeDistillError(
+                f"self_teacher must be one of {', '.join(SELF_TEACHERS)}, got {self_teacher!r}."
+            )
+        source = SelfTeacher(
+            student, adapters[0], need, mode=self_teacher, decay=settings.ema_decay, autocast=acc.autocast
+        )
+        return source, examples, {}, scheme
+    if scheme == "offline" and need.attentions:
+        say("Attention terms run the teacher live (attention maps are not cached): scheme 'online'.")
+        scheme = "online"
+    spec = CacheSpec(top_k=top_k, temperature=settings.temperature)
+    if scheme == "offline":
+        estimate = _estimate_mb(teachers, t_adapter, examples, need, spec)
+        if estimate > max_cache_mb:
+            say(
+                f"The teacher cache would take {estimate:.0f} MB (> {max_cache_mb:.0f} MB): teacher runs live."
+            )
+            scheme = "online"
+    if scheme == "mutual":  # the peer's live views come from the trainer, with gradients
+        return TeacherSource(), examples, {}, scheme
+    if scheme == "online":
+        lives = [LiveTeacher(t, t_adapter, need, autocast=acc.autocast) for t in teachers]
+        source = (
+            lives[0]
+            if len(lives) == 1
+            else MultiTeacher(lives, weights or [1.0] * len(lives), settings.temperature)
+        )
+        return source, examples, {}, scheme
+    return _offline(teachers, examples, need, spec, acc, t_adapter, weights, cache, settings)
+
+
+def _estimate_mb(teachers, adapter, examples, need, spec) -> float:
+    """Cache size from one example's compacted outputs, times the rows and teachers."""
+    one = {k: v[:1] for k, v in examples.items()}
+    with torch.no_grad():
+        stored = compact(collect(teachers[0].eval(), adapter, one, need), spec)
+    per_example = sum(t.numel() * t.element_size() for t in stored.values())
+    return per_example * len(next(iter(examples.values()))) * len(teachers) / 2**20
+
+
+def _offline(teachers, examples, need, spec, acc, adapter, weights, cache, settings):
+    inputs = model_inputs(examples)
+    data_print = fingerprint(inputs)
+    root = cache_root() / "teacher-outputs" if cache is True else Path(cache) if cache else None
+    merged, infos, sources = dict(examples), [], []
+    for i, model in enumerate(teachers):
+        prefix = PREFIX if len(teachers) == 1 else f"teacher{i}."
+        key = fingerprint(_weights_print(model), data_print, need_key(need), spec.as_dict(), prefix)
+        if root is None:  # in memory only: the teacher still runs once
+            from edge_distill.offline import teacher_rows
+
+            rows = teacher_rows(model, adapter, inputs, groups_of(need), spec, prefix)
+            outputs = {
+                k: v
+                for g in rows(0, len(next(iter(inputs.values()))), list(groups_of(need))).values()
+                for k, v in g.items()
+            }
+            info = {"cache": "memory"}
+        else:
+            outputs, info = cached_teacher_outputs(
+                model, adapter, inputs, need, spec, TeacherCache(root), key, prefix=prefix,
+                rank=acc.process_index, world=acc.num_processes, barrier=acc.wait_for_everyone,
+            )  # fmt: skip
+        merged.update(outputs)
+        infos.append(info)
+        sources.append(CachedTeacher(spec, prefix))
+    source = (
+        sources[0]
+        if len(sources) == 1
+        else MultiTeacher(sources, weights or [1.0] * len(sources), spec.temperature)
+    )
+    return source, merged, infos[0] if len(infos) == 1 else {"teachers": infos}, "offline"
+
+
+def _weights_print(model: nn.Module) -> str:
+    """A fingerprint of a model's weights (the cache key must change when the teacher does)."""
+    return fingerprint(type(model).__name__, model.state_dict())
+
+
+def distill_progressive(
+    teacher: nn.Module,
+    students: Sequence[nn.Module],
+    data: Any,
+    losses: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> list[DistillResult]:
+    """A chain: the teacher teaches ``students[0]``, which then teaches ``students[1]``, and so on.
+
+    For large size ratios, where a small student learns better from a mid-size one than from the
+    teacher directly (teacher-assistant KD, Mirzadeh et al., 2020). Other keywords go to ``distill``;
+    ``checkpoint_dir`` gets one sub-folder per link.
+    """
+    if not students:
+        raise EdgeDistillError("distill_progressive needs at least one student.")
+    results, current = [], teacher
+    checkpoint = kwargs.pop("checkpoint_dir", None)
+    for i, student in enumerate(students):
+        link_dir = Path(checkpoint) / f"link-{i + 1}" if checkpoint is not None else None
+        result = distill(current, student, data, losses, checkpoint_dir=link_dir, **kwargs)
+        results.append(result)
+        current = result.student
+    return results
+
+
+__all__ = ["Adapter", "DistillResult", "TrainSettings", "Views", "distill", "distill_progressive"]
