@@ -15,8 +15,9 @@ from typing import Any
 
 from edge_distill.data import TextDataset, load_demo_data, load_text_file
 from edge_distill.demo_teacher import build_demo_teacher
-from edge_distill.errors import DataError, TeacherError
+from edge_distill.errors import DataError, EdgeDistillError, TeacherError
 from edge_distill.loop import Job, Reporter, check_out_dir, run_job
+from edge_distill.objective import check_spec
 from edge_distill.profiles import Budget, DeviceProfile, load_profile, resolve_budget
 from edge_distill.teachers import Teacher, load_teacher
 from edge_distill.trainer import TrainSettings
@@ -85,11 +86,21 @@ def make_job(
     max_rounds: int = 4,
     max_per_class: int | None = None,
     probe: bool = True,
+    losses: Mapping[str, Any] | None = None,
+    scheme: str = "offline",
+    top_k: int = 64,
+    resume: bool = False,
     reporter: Reporter | None = None,
 ) -> Job:
     """Load the teacher and data (the demo when neither is given) into a Job for ``profile``."""
     out_dir = out_dir or default_out_dir(profile)
     check_out_dir(out_dir)  # before minutes of loading, not after
+    if scheme not in ("offline", "online"):
+        raise EdgeDistillError(f"The main job runs scheme 'offline' or 'online', not {scheme!r}; pick one.")
+    if losses:
+        check_spec(losses)
+    if top_k < 1:
+        raise EdgeDistillError(f"--top-k must be at least 1, got {top_k}; fix the value and run again.")
     length = seq_len or profile.sequence_length
     train = train or TrainSettings()
     loaded, dataset = load_inputs(
@@ -112,6 +123,10 @@ def make_job(
         max_rounds=max_rounds,
         probe=probe,
         seq_len=length,
+        losses=dict(losses) if losses else None,
+        scheme=scheme,
+        top_k=top_k,
+        resume=resume,
     )
 
 

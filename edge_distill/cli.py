@@ -25,7 +25,7 @@ from edge_distill import __version__
 from edge_distill.errors import EdgeDistillError, ProfileError
 
 JSON_SCHEMA = 1
-CONFIG_KEYS = {"budget": {"latency_ms", "memory_mb", "size_mb"}}
+CONFIG_KEYS = {"budget": {"latency_ms", "memory_mb", "size_mb"}, "losses": None}
 
 
 def run_parser() -> argparse.ArgumentParser:
@@ -51,7 +51,30 @@ def run_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--temperature", type=float, default=2.0, help="softmax temperature for soft targets")
     parser.add_argument("--alpha", type=float, default=0.5, help="weight of the soft-target (KD) loss vs CE")
+    parser.add_argument(
+        "--loss",
+        action="append",
+        metavar="TERM=WEIGHT",
+        help="a loss term and its weight, repeatable (kd, ce, reverse_kd, jsd, logit_mse, hidden_mse, "
+        "hidden_cosine, attention_kl, attention_mse, embedding_mse, embedding_cosine, relation); "
+        "default: kd=ALPHA and ce=1-ALPHA; options per term go in the config's [losses.TERM] table",
+    )
+    parser.add_argument(
+        "--scheme",
+        choices=["offline", "online"],
+        default="offline",
+        help="offline: the teacher runs once and its outputs are cached; online: it runs every step",
+    )
+    parser.add_argument("--top-k", type=int, default=64, help="teacher logits kept per position in the cache")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    parser.add_argument("--patience", type=int, help="stop after N epochs without a better validation score")
+    parser.add_argument("--mixed-precision", choices=["auto", "bf16", "fp16", "no"], default="auto")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run's training from its last finished epoch (same command otherwise)",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
@@ -90,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     except EdgeDistillError as error:
         return fail(console, command, wants_json, str(error), error.exit_code)
     except KeyboardInterrupt:
-        return fail(console, command, wants_json, "Interrupted; nothing half-written was left behind.", 130)
+        message = (
+            "Interrupted; nothing half-written was left behind. Training checkpoints are kept: run the same "
+            "command with --resume to continue from the last finished epoch."
+        )
+        return fail(console, command, wants_json, message, 130)
 
 
 def fail(console: Console, command: str, wants_json: bool, message: str, code: int) -> int:
@@ -135,25 +162,42 @@ def profiles_command(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def read_config(path: Path | None) -> dict[str, float] | None:
-    """The [budget] table of a run config file; unknown keys are errors."""
+def read_config(path: Path | None) -> dict[str, Any]:
+    """The run config file: a [budget] table and a [losses] table; unknown keys are errors."""
     if path is None:
-        return None
+        return {}
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError as exc:
         raise ProfileError(f"Config file {path} does not exist; check the --config path.") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"Config file {path} is not valid TOML ({exc}); fix the syntax.") from exc
-    unknown = sorted(set(raw) - set(CONFIG_KEYS) or set(raw.get("budget", {})) - CONFIG_KEYS["budget"])
+    budget_keys = CONFIG_KEYS["budget"] or set()
+    unknown = sorted(set(raw) - set(CONFIG_KEYS) or set(raw.get("budget", {})) - budget_keys)
     if unknown:
-        close = difflib.get_close_matches(unknown[0], sorted(CONFIG_KEYS["budget"]), n=1)
+        close = difflib.get_close_matches(unknown[0], sorted(budget_keys | set(CONFIG_KEYS)), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ProfileError(
             f"Config file {path} has unknown key(s) {', '.join(unknown)}{hint}; "
-            f"allowed: [budget] with {', '.join(sorted(CONFIG_KEYS['budget']))}."
+            f"allowed: [budget] with {', '.join(sorted(budget_keys))}, and [losses]."
         )
-    return raw.get("budget", {})
+    return raw
+
+
+def parse_losses(terms: list[str] | None, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The loss spec: the config's [losses] table, with --loss TERM=WEIGHT overriding weights."""
+    spec: dict[str, Any] = dict(config.get("losses", {}))
+    for term in terms or []:
+        name, sep, weight = term.partition("=")
+        try:
+            value = float(weight)
+        except ValueError:
+            value = None
+        if not sep or not name or value is None:
+            raise EdgeDistillError(f"--loss {term!r} is not TERM=WEIGHT; write it like --loss kd=0.5.")
+        entry = spec.get(name)
+        spec[name] = {**entry, "weight": value} if isinstance(entry, dict) else value
+    return spec or None
 
 
 def run_command(args: argparse.Namespace, console: Console) -> int:
@@ -171,11 +215,15 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
         temperature=args.temperature,
         alpha=args.alpha,
         seed=args.seed,
+        grad_accum=args.grad_accum,
+        patience=args.patience,
+        mixed_precision=args.mixed_precision,
     )
+    config = read_config(args.config)
     profile, budget = resolve_device(
         args.profile,
         budget={"latency_ms": args.latency_ms, "memory_mb": args.memory_mb, "size_mb": args.size_mb},
-        config=read_config(args.config),
+        config=config.get("budget", {}),
         config_source=f"config file {args.config}",
     )
     alias = f" (alias of {profile.name})" if args.profile in profile.aliases else ""
@@ -198,6 +246,10 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
         max_rounds=args.max_rounds,
         max_per_class=args.max_per_class,
         probe=not args.no_probe,
+        losses=parse_losses(args.loss, config),
+        scheme=args.scheme,
+        top_k=args.top_k,
+        resume=args.resume,
         reporter=reporter,
     )
     try:

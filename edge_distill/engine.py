@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -175,8 +175,11 @@ def _build_objective(
     adapters: tuple[Adapter, Adapter],
     probe: Batch,
     settings: TrainSettings,
-) -> Objective:
-    """Resolve the spec, then run one probe batch through both models to size the learned projections."""
+) -> tuple[Objective, Views]:
+    """Resolve the spec, then run one probe batch through both models to size the learned projections.
+
+    Returns the objective and the teacher's probe views (they also size the offline cache).
+    """
     draft = Objective.build(losses, student, teacher, temperature=settings.temperature)
     _prepare_attention(student, draft.student_need)
     _prepare_attention(teacher, draft.teacher_need)
@@ -184,7 +187,10 @@ def _build_objective(
         s_views = collect(student.eval(), adapters[0], probe, draft.student_need)
         t_views = collect(teacher.eval(), adapters[1], probe, draft.teacher_need)
     widths = probe_widths(draft, s_views, t_views)
-    return Objective.build(losses, student, teacher, widths, temperature=settings.temperature)
+    with torch.random.fork_rng(devices=[]):  # projections drawn from the run's seed, not the global RNG
+        torch.manual_seed(settings.seed)
+        objective = Objective.build(losses, student, teacher, widths, temperature=settings.temperature)
+    return objective, t_views
 
 
 def distill(
@@ -207,6 +213,7 @@ def distill(
     resume: bool = False,
     augment: Callable[[Batch, torch.Generator], Batch] | None = None,
     metric: Metric | None = None,
+    teacher_val_logits: torch.Tensor | None = None,
     on_step: StepCallback | None = None,
     say: Callable[[str], None] = lambda text: None,
 ) -> DistillResult:
@@ -221,7 +228,8 @@ def distill(
     ``adapter``/``teacher_adapter`` say how to call each model and read its outputs (default: Hugging Face
     models and one-input modules returning logits). With ``checkpoint_dir`` a checkpoint is written after
     every epoch; ``resume=True`` continues from it. Early stopping (``settings.patience``) and the
-    best-epoch choice use ``metric`` (default accuracy) on ``val_data``.
+    best-epoch choice use ``metric`` (default accuracy) on ``val_data``; ``teacher_val_logits`` spares
+    the teacher's pass over ``val_data`` when the caller has them already.
     """
     settings = settings or TrainSettings()
     examples = as_examples(data)
@@ -233,28 +241,32 @@ def distill(
     acc = make_accelerator(settings)
     probe = {k: v[: min(2, len(v))] for k, v in examples.items()}
     reference = teachers[0] if teachers else student
-    objective = _build_objective(losses, student, reference, (s_adapter, t_adapter), probe, settings)
+    objective, t_probe = _build_objective(losses, student, reference, (s_adapter, t_adapter), probe, settings)
+    if scheme == "offline" and augment is not None:
+        say("Augmented batches need the teacher's outputs on them, not cached ones: scheme 'online'.")
+        scheme = "online"
     source, examples, cache_info, scheme = _source(
         scheme, teachers, student, objective, examples, settings, acc, say,
         adapters=(s_adapter, t_adapter), self_teacher=self_teacher, weights=teacher_weights,
-        cache=cache, top_k=top_k, max_cache_mb=max_cache_mb,
+        cache=cache, top_k=top_k, max_cache_mb=max_cache_mb, probe=t_probe,
     )  # fmt: skip
     peer = peer_objective = None
-    if scheme == "mutual":
-        peer = PeerModule(teachers[0], t_adapter, objective.teacher_need)
+    if scheme == "mutual":  # each peer learns from the other's logits, whatever the spec reads
+        objective.student_need = replace(objective.student_need, logits=True)
+        peer = PeerModule(teachers[0], t_adapter, replace(objective.teacher_need, logits=True))
         peer_objective = Objective.build(
             default_losses(labels_of(examples) is not None, settings),
             teachers[0],
             None,
             temperature=settings.temperature,
         )
-    evaluation = _evaluation(teachers, t_adapter, s_adapter, val, metric, settings)
+    evaluation = _evaluation(teachers, t_adapter, s_adapter, val, metric, teacher_val_logits, teacher_weights)
     run = Run(
         trainable=Trainable(student, objective, s_adapter),
         source=source,
         examples=examples,
         settings=settings,
-        evaluate=evaluation.during if val is not None else None,
+        evaluate=evaluation.during if evaluation.measures() else None,
         peer=peer,
         peer_objective=peer_objective,
         checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None,
@@ -266,8 +278,13 @@ def distill(
         on_step=on_step,
         accelerator=acc,
     )
-    run.fingerprint = fingerprint(run.fingerprint, student.state_dict(), model_inputs(examples))
+    # the student's architecture, not its values: a resumed run loads every weight from the checkpoint,
+    # and the interrupted student object itself (trained part-way) must be able to resume
+    shapes = {k: [str(v.dtype), list(v.shape)] for k, v in student.state_dict().items()}
+    run.fingerprint = fingerprint(run.fingerprint, shapes, model_inputs(examples))
     trained = fit(run)
+    if scheme == "mutual" and val is not None:  # the peer trained too: report it as it is now
+        evaluation = _evaluation(teachers, t_adapter, s_adapter, val, metric, None, None)
     metrics = evaluation.final(student) if val is not None else {}
     return DistillResult(student=student, train=trained, metrics=metrics, scheme=scheme, cache=cache_info)
 
@@ -282,6 +299,12 @@ class _Evaluation:
     teacher_logits: torch.Tensor | None = None
     teacher_metric: float | None = None
 
+    def measures(self) -> bool:
+        """Whether a validation metric exists: labels, a metric function, or a teacher to agree with."""
+        return self.val is not None and (
+            self.metric is not None or labels_of(self.val) is not None or self.teacher_logits is not None
+        )
+
     def during(self, student: nn.Module) -> float:
         result = self.final(student)
         return result["student"] if result["student"] is not None else result["agreement"]
@@ -292,15 +315,20 @@ class _Evaluation:
         )
 
 
-def _evaluation(teachers, t_adapter, s_adapter, val, metric, settings) -> _Evaluation:
+def _evaluation(teachers, t_adapter, s_adapter, val, metric, given, weights) -> _Evaluation:
+    """The teacher's side of evaluation, once: its validation logits (``given`` or computed) and metric."""
     evaluation = _Evaluation(s_adapter, val, metric)
     if val is None or not teachers:
         return evaluation
-    logits = [predict(t, t_adapter, val) for t in teachers]
+    if given is not None:
+        evaluation.teacher_logits = given
+    else:
+        logits = [predict(t, t_adapter, val) for t in teachers]
+        mix = torch.tensor(weights or [1.0] * len(logits), dtype=torch.float32)  # as MultiTeacher mixes
+        mix = (mix / mix.sum()).view(-1, *[1] * logits[0].dim())
+        mixed = (torch.stack(logits).softmax(-1) * mix).sum(0).log() if len(logits) > 1 else logits[0]
+        evaluation.teacher_logits = mixed
     labels = labels_of(val)
-    evaluation.teacher_logits = (
-        logits[0] if len(logits) == 1 else torch.stack(logits).softmax(-1).mean(0).log()
-    )
     if labels is not None or metric:
         evaluation.teacher_metric = (metric or accuracy_metric)(evaluation.teacher_logits, labels)
     return evaluation
@@ -322,6 +350,7 @@ def _source(
     cache: bool | str | Path,
     top_k: int,
     max_cache_mb: float,
+    probe: Views,
 ) -> tuple[TeacherSource, dict[str, torch.Tensor], dict[str, Any], str]:
     """The teacher source for ``scheme``; for offline, the examples gain the cached ``teacher*`` columns."""
     need, t_adapter = objective.teacher_need, adapters[1]
@@ -339,11 +368,9 @@ def _source(
         scheme = "online"
     spec = CacheSpec(top_k=top_k, temperature=settings.temperature)
     if scheme == "offline":
-        estimate = _estimate_mb(teachers, t_adapter, examples, need, spec)
+        estimate = _estimate_mb(probe, len(next(iter(examples.values()))), len(teachers), spec)
         if estimate > max_cache_mb:
-            say(
-                f"The teacher cache would take {estimate:.0f} MB (> {max_cache_mb:.0f} MB): teacher runs live."
-            )
+            say(f"Teacher cache would take {estimate:.0f} MB (> {max_cache_mb:.0f} MB): teacher runs live.")
             scheme = "online"
     if scheme == "mutual":  # the peer's live views come from the trainer, with gradients
         return TeacherSource(), examples, {}, scheme
@@ -358,13 +385,12 @@ def _source(
     return _offline(teachers, examples, need, spec, acc, t_adapter, weights, cache, settings)
 
 
-def _estimate_mb(teachers, adapter, examples, need, spec) -> float:
-    """Cache size from one example's compacted outputs, times the rows and teachers."""
-    one = {k: v[:1] for k, v in examples.items()}
-    with torch.no_grad():
-        stored = compact(collect(teachers[0].eval(), adapter, one, need), spec)
-    per_example = sum(t.numel() * t.element_size() for t in stored.values())
-    return per_example * len(next(iter(examples.values()))) * len(teachers) / 2**20
+def _estimate_mb(probe: Views, rows: int, teachers: int, spec: CacheSpec) -> float:
+    """Cache size from the probe batch's compacted teacher outputs, scaled to the rows and teachers."""
+    stored = compact(probe, spec)
+    probe_rows = next(iter(stored.values())).shape[0] if stored else 1
+    per_example = sum(t.numel() * t.element_size() for t in stored.values()) / probe_rows
+    return per_example * rows * teachers / 2**20
 
 
 def _offline(teachers, examples, need, spec, acc, adapter, weights, cache, settings):
@@ -374,7 +400,9 @@ def _offline(teachers, examples, need, spec, acc, adapter, weights, cache, setti
     merged, infos, sources = dict(examples), [], []
     for i, model in enumerate(teachers):
         prefix = PREFIX if len(teachers) == 1 else f"teacher{i}."
-        key = fingerprint(_weights_print(model), data_print, need_key(need), spec.as_dict(), prefix)
+        key = fingerprint(
+            _weights_print(model), data_print, need_key(need), spec.as_dict(), prefix, adapter.embedding_path
+        )
         if root is None:  # in memory only: the teacher still runs once
             from edge_distill.offline import teacher_rows
 
@@ -402,8 +430,12 @@ def _offline(teachers, examples, need, spec, acc, adapter, weights, cache, setti
 
 
 def _weights_print(model: nn.Module) -> str:
-    """A fingerprint of a model's weights (the cache key must change when the teacher does)."""
-    return fingerprint(type(model).__name__, model.state_dict())
+    """A fingerprint of a model's weights and config (the cache key must change when the teacher does:
+    equal weights under another config, e.g. another head count, compute other outputs)."""
+    config = getattr(model, "config", None)
+    settings = {} if config is None or not hasattr(config, "to_dict") else config.to_dict()
+    settings = {k: v for k, v in settings.items() if not k.startswith("_") and k != "transformers_version"}
+    return fingerprint(type(model).__name__, model.state_dict(), settings)
 
 
 def distill_progressive(

@@ -7,6 +7,7 @@ Example:
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from edge_distill.cache import TeacherCache, cache_key, cache_root
 from edge_distill.cost import LatencyModel, Measurement, measure_host_reference
 from edge_distill.data import TextDataset, tokenize
 from edge_distill.devices import LatencyProfile, profile_on_host
+from edge_distill.engine import distill
 from edge_distill.errors import EdgeDistillError, NothingFitsError
 from edge_distill.planner import Candidate, closest_miss, cost_candidates, misses, model_cost, pick, predict
 from edge_distill.profiles import Budget, DeviceProfile
@@ -29,7 +31,7 @@ from edge_distill.report import build_report, write_report
 from edge_distill.students import LogitsOnly, build_student, student_config
 from edge_distill.targets.base import check_parity, get_target
 from edge_distill.teachers import Teacher
-from edge_distill.trainer import TrainSettings, accuracy, agreement, distill, predict_logits
+from edge_distill.trainer import TrainSettings, accuracy, agreement, predict_logits
 
 StepCallback = Callable[[int, int, dict[str, float]], None]
 
@@ -72,6 +74,12 @@ class Job:
     profile_runs: int = 100
     parity_examples: int = 64
     probe: bool = True
+    losses: dict[str, Any] | None = (
+        None  # loss spec (edge_distill.objective); None: alpha * kd + (1 - alpha) * ce
+    )
+    scheme: str = "offline"
+    top_k: int = 64
+    resume: bool = False  # continue interrupted training from its last epoch checkpoint
 
     @property
     def sequence_length(self) -> int:
@@ -93,6 +101,7 @@ class Context:
     references: list[dict[str, Any]] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
     probes: list[dict[str, Any]] = field(default_factory=list)
+    checkpoints: list[Path] = field(default_factory=list)
 
 
 def run_job(job: Job, reporter: Reporter | None = None) -> dict[str, Any]:
@@ -108,6 +117,8 @@ def run_job(job: Job, reporter: Reporter | None = None) -> dict[str, Any]:
         rounds, winner = run_rounds(ctx)
         report = build_report(ctx, rounds, winner)
         write_report(work, report)
+    for path in ctx.checkpoints:  # the run is complete: its training no longer needs resuming
+        shutil.rmtree(path, ignore_errors=True)
     if not report["result"]["fits"]:
         raise NothingFitsError(report["result"]["reason"])
     return report
@@ -148,19 +159,23 @@ def prepare(job: Job, work: Path, reporter: Reporter) -> Context:
 def teacher_outputs(
     job: Job, inputs: dict[str, dict[str, torch.Tensor]], reporter: Reporter
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The teacher's logits on every split: from the cache, or computed once and cached."""
+    """The teacher's logits on the held-out splits: from the cache, or computed once and cached.
+
+    The training split's outputs (soft targets, embeddings, hidden states) are the engine's offline cache.
+    """
     seq_len = job.sequence_length
     key = cache_key(
-        job.teacher.fingerprint(), job.data.fingerprint(), {"seq_len": seq_len, "outputs": "logits"}
+        job.teacher.fingerprint(), job.data.fingerprint(), {"seq_len": seq_len, "outputs": "eval-logits"}
     )
     cache = TeacherCache(cache_root() / "teacher-outputs")
 
     def compute() -> dict[str, torch.Tensor]:
         reporter.say("Computing teacher outputs once (cached for every round and later runs)")
-        return {name: predict_logits(job.teacher.model, batch) for name, batch in inputs.items()}
+        return {name: predict_logits(job.teacher.model, inputs[name]) for name in ("val", "test")}
 
     logits, hit = cache.get_or_compute(key, compute)
-    return logits, {"cache": "hit" if hit else "computed", "key": key, "path": str(cache.path(key))}
+    held_out = {"cache": "hit" if hit else "computed", "key": key, "path": str(cache.path(key))}
+    return logits, {"held_out": held_out}
 
 
 def teacher_line(ctx: Context) -> str:
@@ -338,17 +353,28 @@ def run_round(ctx: Context, candidate: Candidate, *, index: int) -> dict[str, An
         f"predicted p90 {predicted['latency_ms']:.1f} ms"
     )
     student = build_student(job.teacher.model, candidate.spec, seed=job.train.seed)
-    labels = {name: torch.as_tensor(getattr(job.data, name).labels) for name in ("train", "test")}
-    total = job.train.epochs * -(-len(labels["train"]) // job.train.batch_size)
+    labels = {name: torch.as_tensor(getattr(job.data, name).labels) for name in ("train", "val", "test")}
+    total = job.train.epochs * -(-len(labels["train"]) // (job.train.batch_size * job.train.grad_accum))
     with reporter.steps(f"distilling {candidate.spec.label}", total) as on_step:
-        trained = distill(
+        result = distill(
+            job.teacher.model,
             student,
-            ctx.inputs["train"],
-            ctx.teacher_logits["train"],
-            labels["train"],
-            job.train,
+            {**ctx.inputs["train"], "labels": labels["train"]},
+            job.losses,
+            val_data={**ctx.inputs["val"], "labels": labels["val"]},
+            settings=job.train,
+            scheme=job.scheme,
+            top_k=job.top_k,
+            checkpoint_dir=checkpoint_dir(ctx, candidate),
+            resume=job.resume,
+            teacher_val_logits=ctx.teacher_logits["val"],
             on_step=on_step,
+            say=reporter.say,
         )
+    trained = result.train
+    ctx.cache_info["train"] = {"scheme": result.scheme, **result.cache}
+    if trained.resumed_from_epoch is not None:
+        reporter.say(f"  resumed training from epoch {trained.resumed_from_epoch} of {job.train.epochs}")
     test_logits = predict_logits(student, ctx.inputs["test"])
     out = ctx.work / "artifacts" / f"round-{index}-{job.target}"
     wrapped = LogitsOnly(student).eval()
@@ -358,6 +384,7 @@ def run_round(ctx: Context, candidate: Candidate, *, index: int) -> dict[str, An
     reporter.say(f"  exported {job.target}, parity ok (max abs diff {parity.max_abs_diff:.2e})")
     timed = time_on_host(ctx, artifact, candidate.flops)
     record = round_record(ctx, candidate, index, predicted, trained, test_logits, labels["test"], timed)
+    record["val"] = {k: v for k, v in result.metrics.items()}
     record.update(parity=parity.as_dict(), artifact=str(artifact.relative_to(ctx.work)))
     record["_student"] = student  # kept in memory only, for saving the winner
     verdict = "fits" if record["fits"] else "misses: " + "; ".join(record["miss_sentences"])
@@ -367,6 +394,29 @@ def run_round(ctx: Context, candidate: Candidate, *, index: int) -> dict[str, An
         f"{record['peak_memory_mb']:.0f} MB peak, {record['size_mb']:.1f} MB -> {verdict}"
     )
     return record
+
+
+def checkpoint_dir(ctx: Context, candidate: Candidate) -> Path:
+    """Where a candidate's training checkpoints live: the user cache, keyed by everything that shapes them.
+
+    Outside the run folder (which appears only when the run ends), so that an interrupted run's training
+    survives it and ``--resume`` finds it.
+    """
+    job = ctx.job
+    key = cache_key(
+        job.teacher.fingerprint(),
+        job.data.fingerprint(),
+        {
+            "spec": candidate.spec.as_dict(),
+            "train": job.train.as_dict(),
+            "losses": job.losses,
+            "scheme": job.scheme,
+            "seq_len": job.sequence_length,
+        },
+    )
+    path = cache_root() / "checkpoints" / key[:32]
+    ctx.checkpoints.append(path)
+    return path
 
 
 def round_record(

@@ -124,9 +124,36 @@ class Term(nn.Module):
         return fold_student(s.logits, indices, temperature), fold_teacher(values, rest, temperature)
 
 
+def check_spec(spec: Mapping[str, Any]) -> None:
+    """Validate a loss spec before any model is loaded: known losses, numeric weights, accepted options.
+
+    Example:
+        >>> check_spec({"kd": 0.5, "ce": 0.5})
+    """
+    if not spec:
+        raise ObjectiveError("No loss terms given; pass at least one, e.g. losses={'kd': 1.0}.")
+    for name, entry in spec.items():
+        options = dict(entry) if isinstance(entry, Mapping) else {"weight": entry}
+        weight = options.pop("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            raise ObjectiveError(f"Loss term {name!r}: weight must be a number, got {weight!r}.")
+        family = _family(name, options)
+        options.pop("loss", None)
+        for wiring in ("layers", "on"):
+            options.pop(wiring, None)
+        if family in TEMPERED:
+            options.setdefault("temperature", 1.0)
+        if family in FEATURE + EMBEDDING:
+            options.update(student_dim=None, teacher_dim=None)
+        _create(family, options)
+
+
 def _family(name: str, options: dict[str, Any]) -> str:
     family = options.get("loss", name)
-    LOSSES.get(family)  # unknown -> did-you-mean
+    try:
+        LOSSES.get(family)
+    except KeyError as exc:  # the registry's message lists the valid names and the closest one
+        raise ObjectiveError(f"Loss term {name!r}: {exc.args[0]}") from exc
     return family
 
 
@@ -199,14 +226,21 @@ def _make_term(
     else:
         if on not in ("embedding", "logits"):
             raise ObjectiveError(f"Term {name!r}: 'on' must be 'embedding' or 'logits', got {on!r}.")
-        losses = [create_loss(family, **options)]
+        losses = [_create(family, options)]
     return Term(name, family, losses, **wiring)
+
+
+def _create(family: str, options: dict[str, Any]) -> nn.Module:
+    try:
+        return create_loss(family, **options)
+    except (TypeError, ValueError) as exc:  # an unknown option or a bad value, named by the loss
+        raise ObjectiveError(f"{exc}".rstrip(".") + "; fix the loss options.") from exc
 
 
 def _with_widths(family: str, options: dict[str, Any], widths: tuple[int, int] | None) -> nn.Module:
     if widths is not None and family not in ATTENTION:
         options = {**options, "student_dim": widths[0], "teacher_dim": widths[1]}
-    return create_loss(family, **options)
+    return _create(family, options)
 
 
 def _needs(terms: Sequence[Term]) -> tuple[Need, Need]:

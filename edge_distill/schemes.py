@@ -135,8 +135,8 @@ class MultiTeacher(TeacherSource):
         t = self.temperature
         logs = torch.stack(
             [
-                F.log_softmax(v.logits.float() / t, -1) + math.log(w)
-                for v, w in zip(all_views, self.weights, strict=True)
+                F.log_softmax(v.logits.float() / t, -1) + (math.log(w) if w > 0 else -math.inf)
+                for v, w in zip(all_views, self.weights, strict=True)  # weight 0: log 0 = -inf, no error
             ]
         )  # (teachers, batch, classes)
         first = all_views[0]

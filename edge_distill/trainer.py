@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, PartialState
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
@@ -154,8 +155,16 @@ def labels_of(batch: Batch) -> torch.Tensor | None:
 
 
 def make_accelerator(settings: TrainSettings) -> Accelerator:
-    """One Accelerator for the run: CPU processes use gloo under ``accelerate launch``."""
-    return Accelerator(mixed_precision=settings.resolved_precision(), cpu=not torch.cuda.is_available())
+    """One Accelerator for the run: CPU processes use gloo under ``accelerate launch``.
+
+    Accelerate keeps one process-wide state and refuses another precision once it is set; a single
+    process may run one distillation after another with different settings, so its state is reset then.
+    """
+    precision = settings.resolved_precision()
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") != precision and PartialState().num_processes == 1:
+        AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
 
 
 def epoch_batches(n: int, settings: TrainSettings, epoch: int, rank: int, world: int) -> list[torch.Tensor]:
@@ -220,7 +229,9 @@ class _Loop:
         params = [p for p in run.trainable.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(s.warmup_ratio * total), total)
-        model, optimizer, scheduler = acc.prepare(run.trainable, optimizer, scheduler)
+        # the scheduler is not prepared: Accelerate's steps it num_processes times per step (for a loader
+        # it shards), but ``total`` already counts this rank's steps, so the schedule would end early
+        model, optimizer = acc.prepare(run.trainable, optimizer)
         loop = cls(run, acc, model, optimizer, scheduler, total=total)
         if run.peer is not None:
             peer_opt = torch.optim.AdamW(run.peer.parameters(), lr=s.lr, weight_decay=s.weight_decay)

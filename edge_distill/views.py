@@ -75,7 +75,12 @@ def _default_forward(model: nn.Module, batch: Batch, need: Need) -> Any:
     accepted = inspect.signature(model.forward).parameters
     if any(p.kind is p.VAR_KEYWORD for p in accepted.values()) or all(k in accepted for k in inputs):
         return model(**inputs)
-    if len(inputs) == 1:  # a plain module taking one tensor
+    required = [
+        p
+        for p in accepted.values()
+        if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(inputs) == 1 and len(required) <= 1:  # a plain module taking one tensor
         return model(next(iter(inputs.values())))
     raise TypeError(
         f"{type(model).__name__}.forward does not take {sorted(inputs)}; pass an Adapter whose "

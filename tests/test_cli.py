@@ -94,7 +94,8 @@ def test_predicted_latency_on_a_device_profile(
     assert ratio == pytest.approx(
         calibration["host_reference_gflops"] / calibration["device_gflops"], rel=0.01
     )
-    assert report["teacher_outputs"]["cache"] in {"hit", "computed"}
+    assert report["teacher_outputs"]["held_out"]["cache"] in {"hit", "computed"}
+    assert report["teacher_outputs"]["train"]["scheme"] == "offline"
 
 
 def test_teacher_outputs_computed_once_across_runs(
@@ -121,13 +122,25 @@ def test_teacher_outputs_computed_once_across_runs(
         "--seq-len",
         "24",
     ]
+    import edge_distill.offline as offline
+
+    passes = []
+    original_rows = offline.teacher_rows
+
+    def counting_rows(*args, **kwargs):
+        compute = original_rows(*args, **kwargs)
+        return lambda *a: passes.append(a) or compute(*a)
+
+    monkeypatch.setattr(offline, "teacher_rows", counting_rows)
     assert run(capsys, *args, "--out", str(tmp_path / "a"))[0] == 0
-    first_run = len(calls)  # the teacher on each split at most once, plus the student's test pass
-    assert first_run <= 4
+    first_run = len(calls)  # the teacher on val and test once, plus the student's test pass
+    assert first_run <= 3 and len(passes) == 1  # one teacher pass over the training split
     assert run(capsys, *args, "--out", str(tmp_path / "b"))[0] == 0
     assert len(calls) - first_run == 1  # second run: the teacher is not run again, only the student
+    assert len(passes) == 1
     report = json.loads((tmp_path / "b" / "report.json").read_text())
-    assert report["teacher_outputs"]["cache"] == "hit"
+    assert report["teacher_outputs"]["held_out"]["cache"] == "hit"
+    assert report["teacher_outputs"]["train"]["cache"] == "hit"
 
 
 def test_budget_no_student_can_meet_exits_3_and_writes_nothing(
