@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import sys
 import tomllib
 from pathlib import Path
@@ -121,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def fail(console: Console, command: str, wants_json: bool, message: str, code: int) -> int:
+    if not is_main_rank():  # under `accelerate launch` the main rank speaks for all
+        return code
     if wants_json:
         print(json.dumps(envelope(command, None, error=message, code=code)))
     else:
@@ -206,7 +209,7 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
     from edge_distill.loop import run_job
     from edge_distill.trainer import TrainSettings
 
-    quiet = Console(quiet=True) if args.json else console
+    quiet = Console(quiet=True) if args.json or not is_main_rank() else console
     reporter = ConsoleReporter(quiet)
     train = TrainSettings(
         epochs=args.epochs,
@@ -255,11 +258,15 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
     try:
         report = run_job(job, reporter)
     except EdgeDistillError as error:
+        if not is_main_rank():
+            return error.exit_code
         report_path = job.out_dir / "report.json"
         if report_path.exists() and not args.json:
             console.print(rounds_table(json.loads(report_path.read_text())))
             console.print(f"Report: {report_path}")
         raise error
+    if report is None:  # another rank of `accelerate launch`: the main rank reports
+        return 0
     if args.json:
         print(json.dumps(envelope("run", {"report": str(job.out_dir / "report.json"), **report["result"]})))
         return 0
@@ -267,6 +274,11 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
     console.print(fits_line(report), highlight=False, soft_wrap=True)
     console.print(f"Report: {job.out_dir / 'report.json'}", highlight=False, soft_wrap=True)
     return 0
+
+
+def is_main_rank() -> bool:
+    """False on the other ranks of `accelerate launch` (they print nothing)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def fits_line(report: dict[str, Any]) -> str:

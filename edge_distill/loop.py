@@ -21,17 +21,18 @@ from transformers import AutoModelForSequenceClassification
 from edge_distill.atomic import atomic_dir
 from edge_distill.cache import TeacherCache, cache_key, cache_root
 from edge_distill.cost import LatencyModel, Measurement, measure_host_reference
-from edge_distill.data import TextDataset, tokenize
+from edge_distill.data import TextDataset
 from edge_distill.devices import LatencyProfile, profile_on_host
-from edge_distill.engine import distill
+from edge_distill.distributed import Coordinator
 from edge_distill.errors import EdgeDistillError, NothingFitsError
 from edge_distill.planner import Candidate, closest_miss, cost_candidates, misses, model_cost, pick, predict
 from edge_distill.profiles import Budget, DeviceProfile
 from edge_distill.report import build_report, write_report
-from edge_distill.students import LogitsOnly, build_student, student_config
+from edge_distill.students import LogitsOnly, student_config
 from edge_distill.targets.base import check_parity, get_target
 from edge_distill.teachers import Teacher
 from edge_distill.trainer import TrainSettings, accuracy, agreement, predict_logits
+from edge_distill.training import candidate_message, serve, tokenized, train_candidate
 
 StepCallback = Callable[[int, int, dict[str, float]], None]
 
@@ -98,25 +99,35 @@ class Context:
     latency: LatencyModel
     reporter: Reporter
     cache_info: dict[str, Any]
+    coordinator: Coordinator
     references: list[dict[str, Any]] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
     probes: list[dict[str, Any]] = field(default_factory=list)
     checkpoints: list[Path] = field(default_factory=list)
 
 
-def run_job(job: Job, reporter: Reporter | None = None) -> dict[str, Any]:
+def run_job(job: Job, reporter: Reporter | None = None) -> dict[str, Any] | None:
     """Run the whole job; return the report. Raises NothingFitsError (exit 3) when no student fits.
+
+    Under ``accelerate launch`` the main rank returns the report and the other ranks None.
 
     Everything is written into a temporary folder renamed to ``job.out_dir`` at the end, so a failed run
     leaves nothing half-written; a run where nothing fits still leaves its report.
     """
     reporter = reporter or Reporter()
+    coordinator = Coordinator()
+    if not coordinator.is_main:  # under `accelerate launch`: join the main rank's distillations
+        serve(job, coordinator)
+        return None
     check_out_dir(job.out_dir)
-    with atomic_dir(job.out_dir) as work:
-        ctx = prepare(job, work, reporter)
-        rounds, winner = run_rounds(ctx)
-        report = build_report(ctx, rounds, winner)
-        write_report(work, report)
+    try:
+        with atomic_dir(job.out_dir) as work:
+            ctx = prepare(job, work, reporter, coordinator)
+            rounds, winner = run_rounds(ctx)
+            report = build_report(ctx, rounds, winner)
+            write_report(work, report)
+    finally:
+        coordinator.send(None)  # the other ranks stop waiting, whatever happened here
     for path in ctx.checkpoints:  # the run is complete: its training no longer needs resuming
         shutil.rmtree(path, ignore_errors=True)
     if not report["result"]["fits"]:
@@ -130,17 +141,16 @@ def check_out_dir(out_dir: Path) -> None:
         raise EdgeDistillError(f"Run folder {out_dir} already exists; pass another --out or remove it.")
 
 
-def prepare(job: Job, work: Path, reporter: Reporter) -> Context:
+def prepare(job: Job, work: Path, reporter: Reporter, coordinator: Coordinator | None = None) -> Context:
     """Tokenise, measure the teacher on this host, cost the candidates, then fetch teacher outputs.
 
     A budget that no candidate can meet is found before the teacher runs over the data.
     """
     seq_len = job.sequence_length
-    splits = {"train": job.data.train, "val": job.data.val, "test": job.data.test}
-    inputs = {name: tokenize(job.teacher.tokenizer, split.texts, seq_len) for name, split in splits.items()}
+    inputs = tokenized(job)
     device = job.profile.throughput_for("fp32")
     latency = LatencyModel(device_gflops=None if job.profile.measured or device is None else device.gflops)
-    ctx = Context(job, work, inputs, {}, {}, latency, reporter, {})
+    ctx = Context(job, work, inputs, {}, {}, latency, reporter, {}, coordinator or Coordinator())
     ctx.teacher_info = measure_teacher(ctx)
     ctx.candidates = cost_candidates(job.teacher.model.config, seq_len=seq_len)
     if pick(ctx.candidates, job.budget, latency, ceilings={}) is None:
@@ -352,22 +362,17 @@ def run_round(ctx: Context, candidate: Candidate, *, index: int) -> dict[str, An
         f"Round {index}: student {candidate.spec.label} ({candidate.params / 1e6:.1f}M params), "
         f"predicted p90 {predicted['latency_ms']:.1f} ms"
     )
-    student = build_student(job.teacher.model, candidate.spec, seed=job.train.seed)
-    labels = {name: torch.as_tensor(getattr(job.data, name).labels) for name in ("train", "val", "test")}
+    labels = {name: torch.as_tensor(getattr(job.data, name).labels) for name in ("train", "test")}
     total = job.train.epochs * -(-len(labels["train"]) // (job.train.batch_size * job.train.grad_accum))
+    checkpoint = checkpoint_dir(ctx, candidate)
+    ctx.coordinator.send(candidate_message(candidate.spec, ctx.teacher_logits["val"], checkpoint))
     with reporter.steps(f"distilling {candidate.spec.label}", total) as on_step:
-        result = distill(
-            job.teacher.model,
-            student,
-            {**ctx.inputs["train"], "labels": labels["train"]},
-            job.losses,
-            val_data={**ctx.inputs["val"], "labels": labels["val"]},
-            settings=job.train,
-            scheme=job.scheme,
-            top_k=job.top_k,
-            checkpoint_dir=checkpoint_dir(ctx, candidate),
-            resume=job.resume,
-            teacher_val_logits=ctx.teacher_logits["val"],
+        student, result = train_candidate(
+            job,
+            ctx.inputs,
+            candidate.spec,
+            ctx.teacher_logits["val"],
+            checkpoint,
             on_step=on_step,
             say=reporter.say,
         )

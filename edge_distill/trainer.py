@@ -100,6 +100,7 @@ class TrainResult:
     best_epoch: int | None = None
     stopped_early: bool = False
     resumed_from_epoch: int | None = None
+    processes: int = 1
 
     @property
     def samples_per_s(self) -> float:
@@ -115,6 +116,7 @@ class TrainResult:
             "best_epoch": self.best_epoch,
             "stopped_early": self.stopped_early,
             "resumed_from_epoch": self.resumed_from_epoch,
+            "processes": self.processes,
         }
 
 
@@ -198,6 +200,7 @@ def fit(run: Run) -> TrainResult:
     acc.wait_for_everyone()
     acc.free_memory()
     loop.result.seconds += time.perf_counter() - started
+    loop.result.processes = acc.num_processes
     return loop.result
 
 

@@ -284,27 +284,40 @@ def test_nothing_fits_after_rounds_exits_3_with_report(
     assert not (out_dir / "student").exists()
 
 
-def test_interrupt_leaves_nothing_half_written(
+def test_interrupt_leaves_nothing_half_written_and_resume_finishes_the_same(
     tiny_teacher_dir: Path, tiny_csv: Path, tmp_path: Path, capsys, monkeypatch
 ) -> None:
-    import edge_distill.loop as loop
+    """Ctrl-C in the second epoch; --resume continues from the first epoch's checkpoint and ends exactly
+    where a run that was never interrupted ends (same seed, CPU: equal metrics and training losses)."""
+    import edge_distill.training as training
 
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
+    real = training.distill
 
-    monkeypatch.setattr(loop, "distill", interrupted)
+    def interrupted_in_epoch_2(*args, **kwargs):
+        def on_step(step, total, parts):
+            if step > total // 2 + 1:
+                raise KeyboardInterrupt
+
+        return real(*args, **{**kwargs, "on_step": on_step})
+
+    args = ["--profile", "host", *pair(tiny_teacher_dir, tiny_csv), "--epochs", "2", "--seq-len", "16"]
+    args += ["--max-rounds", "1", "--no-probe", "--latency-ms", "1000", "--memory-mb", "4000"]
     out_dir = tmp_path / "run"
-    code, _, err = run(
-        capsys,
-        "--profile",
-        "host",
-        *pair(tiny_teacher_dir, tiny_csv),
-        "--out",
-        str(out_dir),
-        *FAST,
-    )
-    assert code == 130 and "Interrupted" in err
+    monkeypatch.setattr(training, "distill", interrupted_in_epoch_2)
+    code, _, err = run(capsys, *args, "--out", str(out_dir))
+    assert code == 130 and "Interrupted" in err and "--resume" in err
     assert not out_dir.exists() and not list(tmp_path.glob(".*partial"))
+    monkeypatch.setattr(training, "distill", real)
+    code, out, err = run(capsys, *args, "--out", str(out_dir), "--resume")
+    assert code == 0, err
+    assert "resumed training from epoch 1 of 2" in out
+    resumed = json.loads((out_dir / "report.json").read_text())["rounds"][0]
+    code, _, err = run(capsys, *args, "--out", str(tmp_path / "straight"))
+    assert code == 0, err
+    straight = json.loads((tmp_path / "straight" / "report.json").read_text())["rounds"][0]
+    assert resumed["train"]["resumed_from_epoch"] == 1 and straight["train"]["resumed_from_epoch"] is None
+    assert resumed["train"]["epoch_losses"] == straight["train"]["epoch_losses"]
+    assert resumed["metric"] == straight["metric"] and resumed["val"] == straight["val"]
 
 
 def test_probe_skips_a_candidate_without_training(
