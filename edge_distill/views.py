@@ -99,7 +99,12 @@ def _default_logits(output: Any) -> torch.Tensor | None:
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-    """Masked mean over tokens, as sentence-transformers pools: (batch, seq, dim) -> (batch, dim)."""
+    """Masked mean over tokens, as sentence-transformers pools: (batch, seq, dim) -> (batch, dim).
+
+    A (batch, dim) output (an MLP's, a CNN's pooled features) is already one vector per example.
+    """
+    if hidden.dim() == 2:
+        return hidden
     if attention_mask is None:
         return hidden.mean(1)
     mask = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (batch, seq, 1)
@@ -143,6 +148,9 @@ class Adapter:
 
 def collect(model: nn.Module, adapter: Adapter, batch: Batch, need: Need) -> Views:
     """Run ``model`` on ``batch`` once and gather the views ``need`` asks for (gradients kept)."""
+    device = next((p.device for p in model.parameters()), None)
+    if device is not None:  # the batch goes where the model is (a student on the GPU, a teacher left on CPU)
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     paths = list(need.hidden)
     if need.embedding and adapter.embedding_path:
         paths.append(adapter.embedding_path)
