@@ -24,8 +24,8 @@ from torch import nn
 
 from edge_distill.cache import TeacherCache, cache_root
 from edge_distill.errors import EdgeDistillError
-from edge_distill.objective import Objective, probe_widths
-from edge_distill.offline import PREFIX, CacheSpec, cached_teacher_outputs, compact, groups_of, need_key
+from edge_distill.objective import TEMPERED, Objective, probe_widths
+from edge_distill.offline import PREFIX, CacheSpec, cached_teacher_outputs, compact, groups_of
 from edge_distill.schemes import (
     SCHEMES,
     SELF_TEACHERS,
@@ -122,7 +122,7 @@ def predict(model: nn.Module, adapter: Adapter, examples: Mapping[str, torch.Ten
     n = len(next(iter(examples.values())))
     for start in range(0, n, batch_size):
         batch = {k: v[start : start + batch_size] for k, v in examples.items()}
-        out.append(collect(model, adapter, batch, Need()).logits.float())
+        out.append(collect(model, adapter, batch, Need()).logits.float().cpu())
     return torch.cat(out)
 
 
@@ -193,6 +193,17 @@ def _build_objective(
     return objective, t_views
 
 
+def _check_mix_temperature(objective: Objective, teachers: int, settings: TrainSettings) -> None:
+    """Several teachers are mixed at the run's temperature T, as ``T * log p``; a term reading the mix at
+    another temperature T' would learn ``softmax(T log p / T')``, which is not the mix ``p``."""
+    for term in objective.terms:
+        if teachers > 1 and term.family in TEMPERED and term.temperature != settings.temperature:
+            raise EdgeDistillError(
+                f"Loss term {term.name!r} uses temperature {term.temperature}, but several teachers are "
+                f"mixed at the run's temperature {settings.temperature}; drop the term's own temperature."
+            )
+
+
 def distill(
     teacher: nn.Module | Sequence[nn.Module] | None,
     student: nn.Module,
@@ -242,6 +253,7 @@ def distill(
     probe = {k: v[: min(2, len(v))] for k, v in examples.items()}
     reference = teachers[0] if teachers else student
     objective, t_probe = _build_objective(losses, student, reference, (s_adapter, t_adapter), probe, settings)
+    _check_mix_temperature(objective, len(teachers), settings)
     if scheme == "offline" and augment is not None:
         say("Augmented batches need the teacher's outputs on them, not cached ones: scheme 'online'.")
         scheme = "online"
@@ -359,6 +371,7 @@ def _source(
             raise EdgeDistillError(
                 f"self_teacher must be one of {', '.join(SELF_TEACHERS)}, got {self_teacher!r}."
             )
+        student.to(acc.device)  # the EMA copy lives where the trainer will put the student
         source = SelfTeacher(
             student, adapters[0], need, mode=self_teacher, decay=settings.ema_decay, autocast=acc.autocast
         )
@@ -375,7 +388,7 @@ def _source(
     if scheme == "mutual":  # the peer's live views come from the trainer, with gradients
         return TeacherSource(), examples, {}, scheme
     if scheme == "online":
-        lives = [LiveTeacher(t, t_adapter, need, autocast=acc.autocast) for t in teachers]
+        lives = [LiveTeacher(t.to(acc.device), t_adapter, need, autocast=acc.autocast) for t in teachers]
         source = (
             lives[0]
             if len(lives) == 1
@@ -400,9 +413,7 @@ def _offline(teachers, examples, need, spec, acc, adapter, weights, cache, setti
     merged, infos, sources = dict(examples), [], []
     for i, model in enumerate(teachers):
         prefix = PREFIX if len(teachers) == 1 else f"teacher{i}."
-        key = fingerprint(
-            _weights_print(model), data_print, need_key(need), spec.as_dict(), prefix, adapter.embedding_path
-        )
+        key = fingerprint(_weights_print(model), data_print, prefix, adapter.embedding_path)
         if root is None:  # in memory only: the teacher still runs once
             from edge_distill.offline import teacher_rows
 

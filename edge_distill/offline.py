@@ -149,7 +149,14 @@ def cached_teacher_outputs(
     """Teacher tensors for every example: from ``cache`` (``key`` + group), or computed sharded and stored."""
     n = len(next(iter(examples.values())))
     groups = groups_of(need)
-    keys = {name: hashlib.sha256(f"{key}|{name}|{spec.as_dict()}".encode()).hexdigest() for name in groups}
+    # one key per group, from what the group holds: a run mapping other layers reuses the layers cached
+    # already; only logits depend on the top-k and temperature
+    keys = {
+        name: hashlib.sha256(
+            f"{key}|{name}|{need_key(group)}|{spec.as_dict() if group.logits else {}}".encode()
+        ).hexdigest()
+        for name, group in groups.items()
+    }
     compute = teacher_rows(teacher, adapter, examples, groups, spec, prefix)
     found, computed = cache.get_or_compute_rows(keys, n, compute, rank=rank, world=world, barrier=barrier)
     outputs = {k: v for tensors in found.values() for k, v in tensors.items()}

@@ -255,7 +255,7 @@ class _Loop:
                 module.train()
         sums: dict[str, float] = {}
         for i, rows in enumerate(batches):
-            batch = {k: v[rows] for k, v in run.examples.items()}
+            batch = {k: v[rows].to(acc.device) for k, v in run.examples.items()}
             if run.augment is not None:
                 batch = run.augment(batch, generator)
             group_start = i - i % s.grad_accum
