@@ -22,20 +22,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge_distill.cache import TeacherCache, cache_root
 from edge_distill.errors import EdgeDistillError
+from edge_distill.evaluation import Metric, teacher_evaluation
 from edge_distill.objective import TEMPERED, Objective, probe_widths
-from edge_distill.offline import PREFIX, CacheSpec, cached_teacher_outputs, compact, groups_of
 from edge_distill.schemes import (
     SCHEMES,
-    SELF_TEACHERS,
-    CachedTeacher,
-    LiveTeacher,
-    MultiTeacher,
     PeerModule,
-    SelfTeacher,
-    TeacherSource,
 )
+from edge_distill.sources import teacher_source
 from edge_distill.trainer import (
     Run,
     StepCallback,
@@ -48,8 +42,6 @@ from edge_distill.trainer import (
     make_accelerator,
 )
 from edge_distill.views import Adapter, Batch, Need, Views, auto_adapter, collect, model_inputs
-
-Metric = Callable[[torch.Tensor, torch.Tensor | None], float]
 
 
 @dataclass
@@ -104,47 +96,6 @@ def as_examples(data: Any, what: str = "data") -> dict[str, torch.Tensor]:
     if next(iter(lengths.values())) == 0:
         raise EdgeDistillError(f"{what} has no rows; pass at least one example.")
     return columns
-
-
-def accuracy_metric(logits: torch.Tensor, labels: torch.Tensor | None) -> float:
-    """Top-1 accuracy over the positions whose label is not -100."""
-    if labels is None:
-        raise ValueError("accuracy needs labels")
-    keep = labels != -100
-    return float((logits.argmax(-1)[keep] == labels[keep]).float().mean())
-
-
-@torch.no_grad()
-def predict(model: nn.Module, adapter: Adapter, examples: Mapping[str, torch.Tensor], batch_size: int = 64):
-    """The model's logits over ``examples`` in eval mode, fp32, in batches."""
-    model.eval()
-    out = []
-    n = len(next(iter(examples.values())))
-    for start in range(0, n, batch_size):
-        batch = {k: v[start : start + batch_size] for k, v in examples.items()}
-        out.append(collect(model, adapter, batch, Need()).logits.float().cpu())
-    return torch.cat(out)
-
-
-def evaluate(
-    student: nn.Module,
-    adapter: Adapter,
-    examples: Mapping[str, torch.Tensor],
-    teacher_logits: torch.Tensor | None,
-    metric: Metric | None,
-    teacher_metric: float | None,
-) -> dict[str, float | None]:
-    """Student metric, retention (student / teacher) and top-1 agreement with the teacher."""
-    logits = predict(student, adapter, examples)
-    labels = labels_of(examples)
-    value = (metric or accuracy_metric)(logits, labels) if labels is not None or metric else None
-    agreement = (
-        None
-        if teacher_logits is None
-        else float((logits.argmax(-1) == teacher_logits.argmax(-1)).float().mean())
-    )
-    retention = value / teacher_metric if value is not None and teacher_metric else None
-    return {"teacher": teacher_metric, "student": value, "retention": retention, "agreement": agreement}
 
 
 def _teachers(teacher: Any, scheme: str) -> list[nn.Module]:
@@ -257,7 +208,7 @@ def distill(
     if scheme == "offline" and augment is not None:
         say("Augmented batches need the teacher's outputs on them, not cached ones: scheme 'online'.")
         scheme = "online"
-    source, examples, cache_info, scheme = _source(
+    source, examples, cache_info, scheme = teacher_source(
         scheme, teachers, student, objective, examples, settings, acc, say,
         adapters=(s_adapter, t_adapter), self_teacher=self_teacher, weights=teacher_weights,
         cache=cache, top_k=top_k, max_cache_mb=max_cache_mb, probe=t_probe,
@@ -272,7 +223,9 @@ def distill(
             None,
             temperature=settings.temperature,
         )
-    evaluation = _evaluation(teachers, t_adapter, s_adapter, val, metric, teacher_val_logits, teacher_weights)
+    evaluation = teacher_evaluation(
+        teachers, t_adapter, s_adapter, val, metric, teacher_val_logits, teacher_weights
+    )
     run = Run(
         trainable=Trainable(student, objective, s_adapter),
         source=source,
@@ -296,157 +249,9 @@ def distill(
     run.fingerprint = fingerprint(run.fingerprint, shapes, model_inputs(examples))
     trained = fit(run)
     if scheme == "mutual" and val is not None:  # the peer trained too: report it as it is now
-        evaluation = _evaluation(teachers, t_adapter, s_adapter, val, metric, None, None)
+        evaluation = teacher_evaluation(teachers, t_adapter, s_adapter, val, metric, None, None)
     metrics = evaluation.final(student) if val is not None else {}
     return DistillResult(student=student, train=trained, metrics=metrics, scheme=scheme, cache=cache_info)
-
-
-@dataclass
-class _Evaluation:
-    """The teacher's validation logits and metric, computed once; the student's, after each epoch."""
-
-    adapter: Adapter
-    val: Mapping[str, torch.Tensor] | None
-    metric: Metric | None
-    teacher_logits: torch.Tensor | None = None
-    teacher_metric: float | None = None
-
-    def measures(self) -> bool:
-        """Whether a validation metric exists: labels, a metric function, or a teacher to agree with."""
-        return self.val is not None and (
-            self.metric is not None or labels_of(self.val) is not None or self.teacher_logits is not None
-        )
-
-    def during(self, student: nn.Module) -> float:
-        result = self.final(student)
-        return result["student"] if result["student"] is not None else result["agreement"]
-
-    def final(self, student: nn.Module) -> dict[str, float | None]:
-        return evaluate(
-            student, self.adapter, self.val, self.teacher_logits, self.metric, self.teacher_metric
-        )
-
-
-def _evaluation(teachers, t_adapter, s_adapter, val, metric, given, weights) -> _Evaluation:
-    """The teacher's side of evaluation, once: its validation logits (``given`` or computed) and metric."""
-    evaluation = _Evaluation(s_adapter, val, metric)
-    if val is None or not teachers:
-        return evaluation
-    if given is not None:
-        evaluation.teacher_logits = given
-    else:
-        logits = [predict(t, t_adapter, val) for t in teachers]
-        mix = torch.tensor(weights or [1.0] * len(logits), dtype=torch.float32)  # as MultiTeacher mixes
-        mix = (mix / mix.sum()).view(-1, *[1] * logits[0].dim())
-        mixed = (torch.stack(logits).softmax(-1) * mix).sum(0).log() if len(logits) > 1 else logits[0]
-        evaluation.teacher_logits = mixed
-    labels = labels_of(val)
-    if labels is not None or metric:
-        evaluation.teacher_metric = (metric or accuracy_metric)(evaluation.teacher_logits, labels)
-    return evaluation
-
-
-def _source(
-    scheme: str,
-    teachers: list[nn.Module],
-    student: nn.Module,
-    objective: Objective,
-    examples: dict[str, torch.Tensor],
-    settings: TrainSettings,
-    acc: Any,
-    say: Callable[[str], None],
-    *,
-    adapters: tuple[Adapter, Adapter],
-    self_teacher: str,
-    weights: Sequence[float] | None,
-    cache: bool | str | Path,
-    top_k: int,
-    max_cache_mb: float,
-    probe: Views,
-) -> tuple[TeacherSource, dict[str, torch.Tensor], dict[str, Any], str]:
-    """The teacher source for ``scheme``; for offline, the examples gain the cached ``teacher*`` columns."""
-    need, t_adapter = objective.teacher_need, adapters[1]
-    if scheme == "self":
-        if self_teacher not in SELF_TEACHERS:
-            raise EdgeDistillError(
-                f"self_teacher must be one of {', '.join(SELF_TEACHERS)}, got {self_teacher!r}."
-            )
-        student.to(acc.device)  # the EMA copy lives where the trainer will put the student
-        source = SelfTeacher(
-            student, adapters[0], need, mode=self_teacher, decay=settings.ema_decay, autocast=acc.autocast
-        )
-        return source, examples, {}, scheme
-    if scheme == "offline" and need.attentions:
-        say("Attention terms run the teacher live (attention maps are not cached): scheme 'online'.")
-        scheme = "online"
-    spec = CacheSpec(top_k=top_k, temperature=settings.temperature)
-    if scheme == "offline":
-        estimate = _estimate_mb(probe, len(next(iter(examples.values()))), len(teachers), spec)
-        if estimate > max_cache_mb:
-            say(f"Teacher cache would take {estimate:.0f} MB (> {max_cache_mb:.0f} MB): teacher runs live.")
-            scheme = "online"
-    if scheme == "mutual":  # the peer's live views come from the trainer, with gradients
-        return TeacherSource(), examples, {}, scheme
-    if scheme == "online":
-        lives = [LiveTeacher(t.to(acc.device), t_adapter, need, autocast=acc.autocast) for t in teachers]
-        source = (
-            lives[0]
-            if len(lives) == 1
-            else MultiTeacher(lives, weights or [1.0] * len(lives), settings.temperature)
-        )
-        return source, examples, {}, scheme
-    return _offline(teachers, examples, need, spec, acc, t_adapter, weights, cache, settings)
-
-
-def _estimate_mb(probe: Views, rows: int, teachers: int, spec: CacheSpec) -> float:
-    """Cache size from the probe batch's compacted teacher outputs, scaled to the rows and teachers."""
-    stored = compact(probe, spec)
-    probe_rows = next(iter(stored.values())).shape[0] if stored else 1
-    per_example = sum(t.numel() * t.element_size() for t in stored.values()) / probe_rows
-    return per_example * rows * teachers / 2**20
-
-
-def _offline(teachers, examples, need, spec, acc, adapter, weights, cache, settings):
-    inputs = model_inputs(examples)
-    data_print = fingerprint(inputs)
-    root = cache_root() / "teacher-outputs" if cache is True else Path(cache) if cache else None
-    merged, infos, sources = dict(examples), [], []
-    for i, model in enumerate(teachers):
-        prefix = PREFIX if len(teachers) == 1 else f"teacher{i}."
-        key = fingerprint(_weights_print(model), data_print, prefix, adapter.embedding_path)
-        if root is None:  # in memory only: the teacher still runs once
-            from edge_distill.offline import teacher_rows
-
-            rows = teacher_rows(model, adapter, inputs, groups_of(need), spec, prefix)
-            outputs = {
-                k: v
-                for g in rows(0, len(next(iter(inputs.values()))), list(groups_of(need))).values()
-                for k, v in g.items()
-            }
-            info = {"cache": "memory"}
-        else:
-            outputs, info = cached_teacher_outputs(
-                model, adapter, inputs, need, spec, TeacherCache(root), key, prefix=prefix,
-                rank=acc.process_index, world=acc.num_processes, barrier=acc.wait_for_everyone,
-            )  # fmt: skip
-        merged.update(outputs)
-        infos.append(info)
-        sources.append(CachedTeacher(spec, prefix))
-    source = (
-        sources[0]
-        if len(sources) == 1
-        else MultiTeacher(sources, weights or [1.0] * len(sources), spec.temperature)
-    )
-    return source, merged, infos[0] if len(infos) == 1 else {"teachers": infos}, "offline"
-
-
-def _weights_print(model: nn.Module) -> str:
-    """A fingerprint of a model's weights and config (the cache key must change when the teacher does:
-    equal weights under another config, e.g. another head count, compute other outputs)."""
-    config = getattr(model, "config", None)
-    settings = {} if config is None or not hasattr(config, "to_dict") else config.to_dict()
-    settings = {k: v for k, v in settings.items() if not k.startswith("_") and k != "transformers_version"}
-    return fingerprint(type(model).__name__, model.state_dict(), settings)
 
 
 def distill_progressive(

@@ -32,7 +32,7 @@ from edge_distill.students import LogitsOnly, student_config
 from edge_distill.targets.base import check_parity, get_target
 from edge_distill.teachers import Teacher
 from edge_distill.trainer import TrainSettings, accuracy, agreement, predict_logits
-from edge_distill.training import candidate_message, serve, tokenized, train_candidate
+from edge_distill.training import candidate_message, checkpoint_dir, serve, tokenized, train_candidate
 
 StepCallback = Callable[[int, int, dict[str, float]], None]
 
@@ -364,7 +364,8 @@ def run_round(ctx: Context, candidate: Candidate, *, index: int) -> dict[str, An
     )
     labels = {name: torch.as_tensor(getattr(job.data, name).labels) for name in ("train", "test")}
     total = job.train.epochs * -(-len(labels["train"]) // (job.train.batch_size * job.train.grad_accum))
-    checkpoint = checkpoint_dir(ctx, candidate)
+    checkpoint = checkpoint_dir(job, candidate.spec)
+    ctx.checkpoints.append(checkpoint)
     ctx.coordinator.send(candidate_message(candidate.spec, ctx.teacher_logits["val"], checkpoint))
     with reporter.steps(f"distilling {candidate.spec.label}", total) as on_step:
         student, result = train_candidate(
@@ -399,29 +400,6 @@ def run_round(ctx: Context, candidate: Candidate, *, index: int) -> dict[str, An
         f"{record['peak_memory_mb']:.0f} MB peak, {record['size_mb']:.1f} MB -> {verdict}"
     )
     return record
-
-
-def checkpoint_dir(ctx: Context, candidate: Candidate) -> Path:
-    """Where a candidate's training checkpoints live: the user cache, keyed by everything that shapes them.
-
-    Outside the run folder (which appears only when the run ends), so that an interrupted run's training
-    survives it and ``--resume`` finds it.
-    """
-    job = ctx.job
-    key = cache_key(
-        job.teacher.fingerprint(),
-        job.data.fingerprint(),
-        {
-            "spec": candidate.spec.as_dict(),
-            "train": job.train.as_dict(),
-            "losses": job.losses,
-            "scheme": job.scheme,
-            "seq_len": job.sequence_length,
-        },
-    )
-    path = cache_root() / "checkpoints" / key[:32]
-    ctx.checkpoints.append(path)
-    return path
 
 
 def round_record(

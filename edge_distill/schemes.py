@@ -72,7 +72,6 @@ class LiveTeacher(TeacherSource):
         autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
     ) -> None:
         self.model, self.adapter, self.need, self.autocast = model.eval(), adapter, need, autocast
-        self.model.requires_grad_(False)
 
     @torch.no_grad()
     def views(self, batch: Batch) -> Views:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from edge_distill.cache import cache_key, cache_root
 from edge_distill.data import tokenize
 from edge_distill.distributed import Coordinator
 from edge_distill.engine import DistillResult, distill
@@ -59,6 +60,27 @@ def train_candidate(
         say=say,
     )
     return student, result
+
+
+def checkpoint_dir(job: Job, spec: StudentSpec) -> Path:
+    """Where a candidate's training checkpoints live: the user cache, keyed by everything that shapes them.
+
+    Outside the run folder (which appears only when the run ends), so that an interrupted run's training
+    survives it and ``--resume`` finds it.
+    """
+    key = cache_key(
+        job.teacher.fingerprint(),
+        job.data.fingerprint(),
+        {
+            "spec": spec.as_dict(),
+            "train": job.train.as_dict(),
+            "losses": job.losses,
+            "scheme": job.scheme,
+            "seq_len": job.sequence_length,
+            "top_k": job.top_k,
+        },
+    )
+    return cache_root() / "checkpoints" / key[:32]
 
 
 def serve(job: Job, coordinator: Coordinator) -> None:

@@ -55,6 +55,14 @@ def test_online_teacher_runs_at_every_step(train) -> None:
                                   settings=settings(epochs=2))  # fmt: skip
     assert result.scheme == "online" and result.train.steps == 8  # 64 rows / 16 a batch, twice
     assert rows == [2] + [16] * 8  # the probe batch, then one pass per step
+    assert all(p.requires_grad for p in teacher.parameters())  # the user's model is left as it came
+
+
+def test_several_teachers_cache_every_class_even_with_a_small_top_k(train) -> None:
+    """Mixing distributions needs each teacher's full distribution, so top-k folding is off for them."""
+    result = edge_distill.distill([teacher_model(0), teacher_model(7)], student_model(), train, {"kd": 1.0},
+                                  top_k=2, settings=settings(epochs=1))  # fmt: skip
+    assert [info["stored"] for info in result.cache["teachers"]] == [["logits"], ["logits"]]
 
 
 class Augment:
