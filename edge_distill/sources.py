@@ -65,7 +65,8 @@ def teacher_source(
     if scheme == "offline" and need.attentions:
         say("Attention terms run the teacher live (attention maps are not cached): scheme 'online'.")
         scheme = "online"
-    spec = CacheSpec(top_k=top_k, temperature=settings.temperature)
+    precision = settings.resolved_precision()
+    spec = CacheSpec(top_k=top_k, temperature=settings.temperature, precision=precision)
     if len(teachers) > 1:  # mixing distributions needs every class of every teacher: no top-k folding
         spec = replace(spec, top_k=sys.maxsize)
     if scheme == "offline":
@@ -101,7 +102,7 @@ def _offline(teachers, examples, need, spec, acc, adapter, weights, cache, setti
     merged, infos, sources = dict(examples), [], []
     for i, model in enumerate(teachers):
         prefix = PREFIX if len(teachers) == 1 else f"teacher{i}."
-        key = fingerprint(weights_print(model), data_print, prefix, adapter.embedding_path)
+        key = fingerprint(weights_print(model), data_print, prefix, adapter.embedding_path, spec.precision)
         if root is None:  # in memory only: the teacher still runs once
             rows = teacher_rows(model, adapter, inputs, groups_of(need), spec, prefix)
             outputs = {

@@ -192,6 +192,7 @@ def fit(run: Run) -> TrainResult:
             break
         loop.train_epoch(epoch)
         loop.end_epoch(epoch)
+    loop.result.seconds += time.perf_counter() - started  # training, evaluation, checkpoints; not clean-up
     acc = loop.acc
     student = acc.unwrap_model(loop.model, keep_fp32_wrapper=False).student
     if loop.best_state is not None:
@@ -199,7 +200,6 @@ def fit(run: Run) -> TrainResult:
     student.eval()
     acc.wait_for_everyone()
     acc.free_memory()
-    loop.result.seconds += time.perf_counter() - started
     loop.result.processes = acc.num_processes
     return loop.result
 
