@@ -133,12 +133,7 @@ def check_spec(spec: Mapping[str, Any]) -> None:
     if not spec:
         raise ObjectiveError("No loss terms given; pass at least one, e.g. losses={'kd': 1.0}.")
     for name, entry in spec.items():
-        options = dict(entry) if isinstance(entry, Mapping) else {"weight": entry}
-        weight = options.pop("weight", 1.0)
-        if isinstance(weight, bool) or not isinstance(weight, int | float):
-            raise ObjectiveError(f"Loss term {name!r}: weight must be a number, got {weight!r}.")
-        family = _family(name, options)
-        options.pop("loss", None)
+        _, family, options = _entry(name, entry)
         for wiring in ("layers", "on"):
             options.pop(wiring, None)
         if family in TEMPERED:
@@ -146,6 +141,17 @@ def check_spec(spec: Mapping[str, Any]) -> None:
         if family in FEATURE + EMBEDDING:
             options.update(student_dim=None, teacher_dim=None)
         _create(family, options)
+
+
+def _entry(name: str, entry: float | Mapping[str, Any]) -> tuple[float, str, dict[str, Any]]:
+    """One spec entry -> (weight, loss family, the loss's own options and the wiring options)."""
+    options = dict(entry) if isinstance(entry, Mapping) else {"weight": entry}
+    weight = options.pop("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, int | float):
+        raise ObjectiveError(f"Loss term {name!r}: weight must be a number, got {weight!r}.")
+    family = _family(name, options)
+    options.pop("loss", None)
+    return float(weight), family, options
 
 
 def _family(name: str, options: dict[str, Any]) -> str:
@@ -181,12 +187,7 @@ class Objective(nn.Module):
         """Resolve ``spec``; ``widths[term]``, (student_dim, teacher_dim), come from ``probe_widths``."""
         terms, weights = [], {}
         for name, entry in spec.items():
-            options = dict(entry) if isinstance(entry, Mapping) else {"weight": entry}
-            weight = options.pop("weight", 1.0)
-            if isinstance(weight, bool) or not isinstance(weight, int | float):
-                raise ObjectiveError(f"Loss term {name!r}: weight must be a number, got {weight!r}.")
-            family = _family(name, options)
-            options.pop("loss", None)
+            weight, family, options = _entry(name, entry)
             terms.append(
                 _make_term(name, family, options, student, teacher, (widths or {}).get(name), temperature)
             )

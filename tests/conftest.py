@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -76,3 +77,12 @@ def tiny_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
             for _ in range(20):
                 writer.writerow([" ".join(rng.choices(vocab, k=8)), label])
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: tiny matmuls run faster, and results do not depend on the thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -41,14 +41,7 @@ from edge_distill.taps import TapError
 from edge_distill.trainer import Trainable
 from edge_distill.views import Adapter, Views
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: tiny matmuls run faster, and results do not depend on the thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

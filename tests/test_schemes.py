@@ -26,13 +26,7 @@ from edge_distill.schemes import MultiTeacher, SelfTeacher, TeacherSource
 from edge_distill.trainer import CHECKPOINT
 from edge_distill.views import Adapter, Need, Views
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -25,17 +25,11 @@ from edge_distill import atomic
 from edge_distill.errors import EdgeDistillError
 from edge_distill.trainer import CHECKPOINT, _Loop
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TESTS = Path(__file__).parent
 # a spec that exercises every kind of state: a learned projection (hidden), soft and hard targets
 SPEC = {"kd": 1.0, "ce": 1.0, "hidden_mse": {"weight": 0.5, "layers": "last"}}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
