@@ -96,7 +96,7 @@ class Term(nn.Module):
                 raise ObjectiveError("The 'ce' term needs labels; drop it or give data with a labels column.")
             return loss(s.logits, labels)
         if self.family in RESPONSE:
-            return loss(*self._response(s, t))
+            return loss(*_real_positions(*self._response(s, t), mask))
         if self.family in EMBEDDING:
             return loss(s.embedding, t.embedding)
         if self.family == "relation":
@@ -122,6 +122,20 @@ class Term(nn.Module):
                 f"were folded at {t.topk_temperature}; use the same temperature or recompute the cache."
             )
         return fold_student(s.logits, indices, temperature), fold_teacher(values, rest, temperature)
+
+
+def _real_positions(
+    student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token logits (batch, seq, classes) keep only the real (unmasked) positions: (tokens, classes).
+
+    Padding must not count: a language model's distributions at pad positions are noise, and averaging
+    over them would dilute the per-token divergence by the padding share. Per-example logits pass as is.
+    """
+    if student.dim() != 3 or mask is None or mask.shape != student.shape[:2]:
+        return student, teacher
+    keep = mask.bool()
+    return student[keep], teacher[keep]
 
 
 def check_spec(spec: Mapping[str, Any]) -> None:

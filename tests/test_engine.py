@@ -81,6 +81,20 @@ def _index(path: str) -> int:
 
 
 @pytest.mark.parametrize("family", RESPONSE)
+def test_per_token_response_terms_skip_padding(family: str) -> None:
+    """Language-model logits (batch, seq, vocab): the divergence is over real tokens only."""
+    generator = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 5, 11, generator=generator), 3 * torch.randn(2, 5, 11, generator=generator)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    objective = Objective.build({family: 1.0}, nn.Module(), nn.Module(), temperature=2.0)
+    _, parts = objective(Views(logits=s), Views(logits=t), None, mask)
+    options = {} if family == "logit_mse" else {"temperature": 2.0}
+    real = mask.bool()
+    torch.testing.assert_close(parts[family], create_loss(family, **options)(s[real], t[real]))
+    assert not torch.allclose(parts[family], create_loss(family, **options)(s, t))  # pads would count
+
+
+@pytest.mark.parametrize("family", RESPONSE)
 def test_response_terms_call_their_loss_student_first(family: str) -> None:
     generator = torch.Generator().manual_seed(0)
     s, t = torch.randn(6, 7, generator=generator), 3 * torch.randn(6, 7, generator=generator)
