@@ -122,8 +122,18 @@ class Taps:
         self.outputs.clear()
 
 
+# Names of the module list holding a transformer's blocks: BERT-likes' `encoder.layer`, ViT's and
+# Llama-likes' `layers` (transformers 5), GPT-2's `transformer.h`.
+_BLOCK_LISTS = ("encoder.layer", "layers", "h")
+
+
+def _is_block_list(name: str) -> bool:
+    return any(name == tail or name.endswith("." + tail) for tail in _BLOCK_LISTS)
+
+
 def encoder_layer_paths(model: nn.Module) -> list[str]:
-    """Dotted paths of the encoder blocks of a BERT-like model: the children of its ``encoder.layer``.
+    """Dotted paths of a transformer's blocks: the children of its ``encoder.layer`` (BERT-likes),
+    ``layers`` (ViT, Llama-likes) or ``h`` (GPT-2) module list.
 
     Example:
         >>> encoder_layer_paths(BertForSequenceClassification(config))  # doctest: +SKIP
@@ -132,13 +142,13 @@ def encoder_layer_paths(model: nn.Module) -> list[str]:
     lists = [
         (name, module)
         for name, module in model.named_modules()
-        if isinstance(module, nn.ModuleList) and (name == "encoder.layer" or name.endswith(".encoder.layer"))
+        if isinstance(module, nn.ModuleList) and _is_block_list(name)
     ]
     if len(lists) != 1:
         found = ", ".join(repr(name) for name, _ in lists) or "none"
         raise TapError(
-            f"{type(model).__name__} must hold exactly one `encoder.layer` module list (found {found}); "
-            "pass a BERT-like encoder or name the layer pairs with `overrides`."
+            f"{type(model).__name__} must hold exactly one module list of transformer blocks "
+            f"(`encoder.layer`, `layers` or `h`; found {found}); name the layer pairs explicitly instead."
         )
     name, blocks = lists[0]
     return [f"{name}.{i}" for i in range(len(blocks))]

@@ -386,7 +386,8 @@ def fingerprint(*parts: Any) -> str:
             for name in sorted(part):
                 tensor = part[name].detach().cpu().contiguous()
                 digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-                digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+                raw = tensor.reshape(-1).view(torch.uint8)  # reshape: 0-dim tensors (BatchNorm counters)
+                digest.update(raw.numpy().tobytes() if tensor.numel() else b"")
         else:
             digest.update(json.dumps(part, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:32]
