@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -126,13 +127,21 @@ def build_student(teacher: PreTrainedModel, spec: StudentSpec, *, seed: int = 0)
     config = student_config(teacher.config, spec)
     student = AutoModelForSequenceClassification.from_config(config)
     mapping = layer_map(teacher.config.num_hidden_layers, spec.layers)
-    source = teacher.state_dict()
+    rename = lambda key: _LAYER_KEY.sub(lambda m: f".layer.{mapping[int(m.group(1))]}.", key)  # noqa: E731
+    copy_sliced(student, teacher.state_dict(), rename)
+    return student.eval()
+
+
+def copy_sliced(
+    student: nn.Module, source: Mapping[str, torch.Tensor], rename: Callable[[str], str] = str
+) -> None:
+    """Fill every student tensor that has a teacher counterpart (named ``rename(key)`` in ``source``)
+    with the leading block of that teacher tensor; the others keep their initialisation."""
     with torch.no_grad():
         for key, target in student.state_dict().items():
-            teacher_key = _LAYER_KEY.sub(lambda m: f".layer.{mapping[int(m.group(1))]}.", key)
+            teacher_key = rename(key)
             if teacher_key in source:
                 target.copy_(_slice_to(source[teacher_key], target.shape))
-    return student.eval()
 
 
 def _slice_to(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:

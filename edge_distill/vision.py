@@ -24,7 +24,14 @@ from transformers import PretrainedConfig, ViTForImageClassification
 
 from edge_distill.errors import TeacherError
 from edge_distill.evaluation import accuracy_metric, predict
-from edge_distill.students import WIDTH_FRACTIONS, StudentSpec, layer_map, student_config, teacher_spec
+from edge_distill.students import (
+    WIDTH_FRACTIONS,
+    StudentSpec,
+    copy_sliced,
+    layer_map,
+    student_config,
+    teacher_spec,
+)
 from edge_distill.views import Need, auto_adapter
 
 # ViTImageProcessor's defaults: pixels in [0, 1] become (x - 0.5) / 0.5, in [-1, 1].
@@ -166,12 +173,8 @@ def vit_student(
     torch.manual_seed(seed)  # only tensors the teacher lacks keep their random initialisation
     student = ViTForImageClassification(student_config(teacher.config, spec))
     mapping = layer_map(full.layers, spec.layers)
-    source = teacher.state_dict()
-    with torch.no_grad():
-        for key, target in student.state_dict().items():
-            teacher_key = _VIT_LAYER_KEY.sub(lambda m: f".{m.group(1)}.{mapping[int(m.group(2))]}.", key)
-            if teacher_key in source:
-                target.copy_(_slice_to(source[teacher_key], target.shape))
+    rename = lambda key: _VIT_LAYER_KEY.sub(lambda m: f".{m.group(1)}.{mapping[int(m.group(2))]}.", key)  # noqa: E731
+    copy_sliced(student, teacher.state_dict(), rename)
     return student.eval()
 
 
@@ -294,15 +297,5 @@ def cnn_student(teacher: SmallCNN, width: float) -> SmallCNN:
         in_channels=teacher.in_channels,
         num_labels=teacher.num_labels,
     )
-    source = teacher.state_dict()
-    with torch.no_grad():
-        for key, target in student.state_dict().items():
-            target.copy_(_slice_to(source[key], target.shape))
+    copy_sliced(student, teacher.state_dict())  # every CNN tensor has a (wider) teacher counterpart
     return student.train(teacher.training)
-
-
-def _slice_to(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """The leading block of ``tensor`` with ``shape`` (a no-op when shapes match)."""
-    if tensor.shape == shape:
-        return tensor
-    return tensor[tuple(slice(0, size) for size in shape)]
