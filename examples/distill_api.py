@@ -1,6 +1,6 @@
 """Distil any PyTorch model pair through the Python API: edge_distill.distill with losses by name.
 
-Run: python examples/distill_api.py   (offline, about 20 seconds on 2 cores)
+Run: python examples/distill_api.py   (offline, about 10 seconds on 2 cores)
 
 The teacher is a 3-layer MLP trained here on scikit-learn's 8x8 digits; the student has about 60x
 fewer parameters. It learns from the teacher's softened outputs (KD), the labels (CE), one hidden layer of the
