@@ -84,7 +84,7 @@ def teacher_source(
             else MultiTeacher(lives, weights or [1.0] * len(lives), settings.temperature)
         )
         return source, examples, {}, scheme
-    return _offline(teachers, examples, need, spec, acc, t_adapter, weights, cache, settings)
+    return _offline(teachers, examples, need, spec, acc, t_adapter, weights, cache)
 
 
 def _estimate_mb(probe: Views, rows: int, teachers: int, spec: CacheSpec) -> float:
@@ -95,7 +95,7 @@ def _estimate_mb(probe: Views, rows: int, teachers: int, spec: CacheSpec) -> flo
     return per_example * rows * teachers / 2**20
 
 
-def _offline(teachers, examples, need, spec, acc, adapter, weights, cache, settings):
+def _offline(teachers, examples, need, spec, acc, adapter, weights, cache):
     inputs = model_inputs(examples)
     data_print = fingerprint(inputs)
     root = cache_root() / "teacher-outputs" if cache is True else Path(cache) if cache else None
@@ -104,12 +104,10 @@ def _offline(teachers, examples, need, spec, acc, adapter, weights, cache, setti
         prefix = PREFIX if len(teachers) == 1 else f"teacher{i}."
         key = fingerprint(weights_print(model), data_print, prefix, adapter.embedding_path, spec.precision)
         if root is None:  # in memory only: the teacher still runs once
-            rows = teacher_rows(model, adapter, inputs, groups_of(need), spec, prefix)
-            outputs = {
-                k: v
-                for g in rows(0, len(next(iter(inputs.values()))), list(groups_of(need))).values()
-                for k, v in g.items()
-            }
+            groups = groups_of(need)
+            rows = len(next(iter(inputs.values())))
+            computed = teacher_rows(model, adapter, inputs, groups, spec, prefix)(0, rows, list(groups))
+            outputs = {k: v for tensors in computed.values() for k, v in tensors.items()}
             info = {"cache": "memory"}
         else:
             outputs, info = cached_teacher_outputs(
