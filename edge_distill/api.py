@@ -16,6 +16,7 @@ from typing import Any
 from edge_distill.data import TextDataset, load_demo_data, load_text_file
 from edge_distill.demo_teacher import build_demo_teacher
 from edge_distill.errors import DataError, EdgeDistillError, TeacherError
+from edge_distill.families import get_family
 from edge_distill.loop import Job, Reporter, check_out_dir, run_job
 from edge_distill.objective import check_spec
 from edge_distill.profiles import Budget, DeviceProfile, load_profile, resolve_budget
@@ -28,13 +29,18 @@ def load_inputs(
     teacher: str | None,
     data: str | None,
     text_column: str = "text",
-    label_column: str = "label",
+    label_column: str | None = None,
+    task: str | None = None,
     seq_len: int = 128,
     max_per_class: int | None = None,
     seed: int = 0,
     reporter: Reporter | None = None,
 ) -> tuple[Teacher, TextDataset]:
-    """The teacher and data: the built-in demo when neither is given, else the user's pair."""
+    """The teacher and data: the built-in demo when neither is given, else the user's pair.
+
+    ``label_column`` None reads the column ``label`` when the file has one; a named column must exist.
+    A causal LM's data needs no labels (the next tokens are its labels).
+    """
     reporter = reporter or Reporter()
     if teacher is None and data is None:
         dataset = load_demo_data(max_per_class=max_per_class, seed=seed)
@@ -48,10 +54,24 @@ def load_inputs(
         raise TeacherError("--data was given without a teacher; pass --teacher PATH_OR_HUB_ID as well.")
     if data is None:
         raise DataError("--teacher was given without data; pass --data FILE (CSV, JSONL or Parquet) as well.")
-    loaded = load_teacher(teacher)
+    loaded = load_teacher(teacher, task=task)
+    family = get_family(loaded.task)
+    if not family.cli:
+        raise TeacherError(
+            f"Teacher {teacher} is an {family.name} model, and the command line reads text data; distil it "
+            "through the Python API (edge_distill.distill with pixel tensors; see examples/)."
+        )
+    column = None if family.name == "causal-lm" else (label_column or "label")
     dataset = load_text_file(
-        data, text_column=text_column, label_column=label_column, seed=seed, label_names=loaded.label_names
+        data,
+        text_column=text_column,
+        label_column=column,
+        labels_required=label_column is not None,
+        seed=seed,
+        label_names=loaded.label_names or None,
     )
+    if not dataset.labeled and family.classifies:
+        reporter.say(f"No {column!r} column in {data}: the teacher's predictions are the labels")
     return loaded, dataset
 
 
@@ -81,7 +101,10 @@ def make_job(
     train: TrainSettings | None = None,
     out_dir: Path | None = None,
     text_column: str = "text",
-    label_column: str = "label",
+    label_column: str | None = None,
+    task: str | None = None,
+    width: str = "prune",
+    trim_vocab: bool = True,
     seq_len: int | None = None,
     max_rounds: int = 4,
     max_per_class: int | None = None,
@@ -95,6 +118,8 @@ def make_job(
     """Load the teacher and data (the demo when neither is given) into a Job for ``profile``."""
     out_dir = out_dir or default_out_dir(profile)
     check_out_dir(out_dir)  # before minutes of loading, not after
+    if width not in ("prune", "slice"):
+        raise EdgeDistillError(f"--width must be 'prune' or 'slice', not {width!r}; pick one.")
     if scheme not in ("offline", "online"):
         raise EdgeDistillError(f"The main job runs scheme 'offline' or 'online', not {scheme!r}; pick one.")
     if losses:
@@ -108,6 +133,7 @@ def make_job(
         data=data,
         text_column=text_column,
         label_column=label_column,
+        task=task,
         seq_len=length,
         max_per_class=max_per_class,
         seed=train.seed,
@@ -127,6 +153,8 @@ def make_job(
         scheme=scheme,
         top_k=top_k,
         resume=resume,
+        width=width,
+        trim_vocab=trim_vocab,
     )
 
 

@@ -38,10 +38,35 @@ def run_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"edge-distill {__version__}")
     parser.add_argument("--profile", required=True, help="device profile name or alias, or a path to a .toml")
-    parser.add_argument("--teacher", help="Hugging Face sequence-classification folder or hub id")
-    parser.add_argument("--data", help="CSV, JSONL or Parquet file with text and label columns")
+    parser.add_argument(
+        "--teacher",
+        help="Hugging Face folder or hub id: a text classifier, a sentence-embedding model or a causal LM "
+        "(a folder with one .gguf file works too)",
+    )
+    parser.add_argument(
+        "--task",
+        help="the teacher's family when config.json does not say it: sequence-classification, "
+        "sentence-embedding or causal-lm (default: detected)",
+    )
+    parser.add_argument("--data", help="CSV, JSONL or Parquet file with a text column (and labels if any)")
     parser.add_argument("--text-column", default="text")
-    parser.add_argument("--label-column", default="label")
+    parser.add_argument(
+        "--label-column",
+        help="the labels' column (default: 'label' when the file has one; with none, the teacher's outputs "
+        "are the labels)",
+    )
+    parser.add_argument(
+        "--width",
+        choices=["prune", "slice"],
+        default="prune",
+        help="narrower students keep the most important heads, neurons and channels (prune) or the first",
+    )
+    parser.add_argument(
+        "--no-vocab-trim",
+        action="store_true",
+        help="keep the teacher's whole vocabulary (by default students trimmed to the data's tokens are "
+        "candidates too)",
+    )
     parser.add_argument(
         "--latency-ms", type=float, help="p90 latency budget at batch 1 (overrides the profile)"
     )
@@ -245,6 +270,9 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
         out_dir=args.out,
         text_column=args.text_column,
         label_column=args.label_column,
+        task=args.task,
+        width=args.width,
+        trim_vocab=not args.no_vocab_trim,
         seq_len=args.seq_len,
         max_rounds=args.max_rounds,
         max_per_class=args.max_per_class,
@@ -289,9 +317,10 @@ def fits_line(report: dict[str, Any]) -> str:
         if winner["latency_source"] == "measured-host"
         else (f"predicted on {report['profile']['name']}")
     )
+    retention = f" (retention {winner['retention']:.1%})" if winner["retention"] is not None else ""
     return (
         f"Fits: round {winner['round']}, {winner['student']['params'] / 1e6:.1f}M params, "
-        f"accuracy {winner['metric']['value']:.3f} (retention {winner['retention']:.1%}), "
+        f"{winner['metric']['name']} {winner['metric']['value']:.3f}{retention}, "
         f"p90 {winner['latency_ms']['p90']:.1f} ms {where}; artifact {result['artifact']}"
     )
 

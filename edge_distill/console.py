@@ -16,6 +16,7 @@ from rich.table import Table
 
 from edge_distill.loop import Reporter, StepCallback
 from edge_distill.planner import BUDGET_NAMES
+from edge_distill.students import StudentSpec
 
 
 class ConsoleReporter(Reporter):
@@ -77,17 +78,29 @@ class ConsoleReporter(Reporter):
             self._task = None
 
 
+METRIC_COLUMNS = {
+    "accuracy": "acc",
+    "probe accuracy": "probe",
+    "cosine agreement": "cos",
+    "perplexity": "ppl",
+}
+SHAPE = ("layers", "hidden", "heads", "intermediate", "vocab")
+
+
 def rounds_table(report: dict[str, Any]) -> Table:
     """The closing table: one row per round (narrow enough for an 80-column terminal)."""
     sources = sorted({r["latency_source"] for r in report["rounds"]})
     table = Table(title="Rounds", title_justify="left", caption=f"p90 latency: {', '.join(sources)}")
-    for column in ("#", "student", "params", "acc", "retain", "p90 ms", "mem MB", "size MB", "fits"):
+    metric = (
+        METRIC_COLUMNS.get(report["rounds"][0]["metric"]["name"], "metric") if report["rounds"] else "acc"
+    )
+    for column in ("#", "student", "params", metric, "retain", "p90 ms", "mem MB", "size MB", "fits"):
         table.add_column(column, justify="left" if column in ("student", "fits") else "right", no_wrap=True)
     for r in report["rounds"]:
         student = r["student"]
         table.add_row(
             str(r["round"]),
-            f"{student['layers']}x{student['hidden']}",
+            StudentSpec(**{k: student[k] for k in SHAPE if k in student}).short,
             f"{student['params'] / 1e6:.1f}M",
             f"{r['metric']['value']:.3f}",
             f"{r['retention']:.1%}" if r["retention"] is not None else "-",

@@ -33,6 +33,7 @@ DEMO_NAME = "bbc-news"
 # Extension -> `datasets` packaged builder. ".json" is read as JSON lines (or one JSON array).
 SUPPORTED_EXTENSIONS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)  # train / val / test
+UNLABELED = -1  # the label of every row of unlabelled data
 _STRING_DTYPES = ("string", "large_string")
 
 
@@ -69,6 +70,11 @@ class TextDataset:
     val: Split
     test: Split
     source: str
+
+    @property
+    def labeled(self) -> bool:
+        """Whether the data has labels (unlabelled data has no label names and every label -1)."""
+        return bool(self.label_names)
 
     def fingerprint(self) -> str:
         """sha256 over name, label names and every split's texts and labels (stable across processes)."""
@@ -153,7 +159,8 @@ def load_text_file(
     path: str | Path,
     *,
     text_column: str = "text",
-    label_column: str = "label",
+    label_column: str | None = "label",
+    labels_required: bool = True,
     seed: int = 0,
     label_names: Sequence[str] | None = None,
 ) -> TextDataset:
@@ -161,7 +168,8 @@ def load_text_file(
 
     Labels may be strings or integers. With ``label_names`` (the teacher's id2label order), string
     labels are mapped onto it and integer labels must index it; otherwise the label names are the
-    sorted unique values.
+    sorted unique values. Unlabelled data (``label_column`` None, or absent with ``labels_required``
+    False) loads with every label -1 and no label names: the teacher's outputs are then the labels.
 
     Example:
         >>> data = load_text_file("reviews.csv", label_names=["negative", "positive"])  # doctest: +SKIP
@@ -170,8 +178,11 @@ def load_text_file(
     """
     path = Path(path).expanduser()
     builder = _check_path(path)
-    columns = _read_columns(path, builder, text_column, label_column)
+    columns = _read_columns(path, builder, text_column, label_column, labels_required)
     texts = _check_texts(path, text_column, columns[text_column])
+    if label_column is None or label_column not in columns:
+        unlabeled = np.full(len(texts), UNLABELED, dtype=np.int64)
+        return _make_dataset(path.name, (), texts, unlabeled, str(path.resolve()), seed)
     raw_labels = _check_labels(path, label_column, columns[label_column])
     names, labels = _encode_labels(path, raw_labels, label_names)
     return _make_dataset(path.name, names, texts, labels, str(path.resolve()), seed)
@@ -210,8 +221,11 @@ def _quiet_datasets() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-def _read_columns(path: Path, builder: str, text_column: str, label_column: str) -> dict[str, list[Any]]:
-    """Read the two columns with `datasets`, in memory, with a throw-away cache (nothing left behind)."""
+def _read_columns(
+    path: Path, builder: str, text_column: str, label_column: str | None, labels_required: bool = True
+) -> dict[str, list[Any]]:
+    """Read the text and label columns with `datasets`, in memory, with a throw-away cache (nothing
+    left behind). An optional label column that is absent is left out."""
     from datasets import load_dataset
 
     # A temp cache keeps the user's HF cache clean; keep_in_memory means no memory-mapped files hold it.
@@ -229,13 +243,15 @@ def _read_columns(path: Path, builder: str, text_column: str, label_column: str)
             raise _parse_error(path, builder, e) from e
         if ds.num_rows == 0:
             raise DataError(f"Data file {path} has no rows; add at least one row of data.")
+        if label_column is not None and label_column not in ds.column_names and not labels_required:
+            label_column = None
         for column, flag in ((text_column, "--text-column"), (label_column, "--label-column")):
-            if column not in ds.column_names:
+            if column is not None and column not in ds.column_names:
                 raise DataError(
                     f"Data file {path} has no column {column!r} (it has {', '.join(ds.column_names)}); "
                     f"name the right column with {flag}."
                 )
-        return {c: _column(ds, c) for c in (text_column, label_column)}
+        return {c: _column(ds, c) for c in (text_column, label_column) if c is not None}
 
 
 def _column(ds: Any, name: str) -> list[Any]:

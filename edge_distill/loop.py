@@ -16,23 +16,31 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from transformers import AutoModelForSequenceClassification
 
 from edge_distill.atomic import atomic_dir
 from edge_distill.cache import TeacherCache, cache_key, cache_root
 from edge_distill.cost import LatencyModel, Measurement, measure_host_reference
+from edge_distill.cut import Cutter, export_module
 from edge_distill.data import TextDataset
 from edge_distill.devices import LatencyProfile, profile_on_host
 from edge_distill.distributed import Coordinator
 from edge_distill.errors import EdgeDistillError, NothingFitsError
+from edge_distill.families import Family, Fit, get_family
 from edge_distill.planner import Candidate, closest_miss, cost_candidates, misses, model_cost, pick, predict
 from edge_distill.profiles import Budget, DeviceProfile
 from edge_distill.report import build_report, write_report
-from edge_distill.students import LogitsOnly, student_config
 from edge_distill.targets.base import check_parity, get_target
 from edge_distill.teachers import Teacher
-from edge_distill.trainer import TrainSettings, accuracy, agreement, predict_logits
-from edge_distill.training import candidate_message, checkpoint_dir, serve, tokenized, train_candidate
+from edge_distill.trainer import TrainSettings
+from edge_distill.training import (
+    candidate_message,
+    checkpoint_dir,
+    class_labels,
+    make_cutter,
+    serve,
+    tokenized,
+    train_candidate,
+)
 
 StepCallback = Callable[[int, int, dict[str, float]], None]
 
@@ -81,10 +89,16 @@ class Job:
     scheme: str = "offline"
     top_k: int = 64
     resume: bool = False  # continue interrupted training from its last epoch checkpoint
+    width: str = "prune"  # narrower students keep the most important units ("slice": the first ones)
+    trim_vocab: bool = True  # the space also holds students trimmed to the training data's tokens
 
     @property
     def sequence_length(self) -> int:
         return self.seq_len or self.profile.sequence_length
+
+    @property
+    def family(self) -> Family:
+        return get_family(self.teacher.task)
 
 
 @dataclass
@@ -94,12 +108,13 @@ class Context:
     job: Job
     work: Path
     inputs: dict[str, dict[str, torch.Tensor]]
-    teacher_logits: dict[str, torch.Tensor]
+    teacher_logits: dict[str, torch.Tensor]  # the family's reference outputs per split (classifiers: logits)
     teacher_info: dict[str, Any]
     latency: LatencyModel
     reporter: Reporter
     cache_info: dict[str, Any]
     coordinator: Coordinator
+    cutter: Cutter | None = None
     references: list[dict[str, Any]] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
     probes: list[dict[str, Any]] = field(default_factory=list)
@@ -152,36 +167,43 @@ def prepare(job: Job, work: Path, reporter: Reporter, coordinator: Coordinator |
     latency = LatencyModel(device_gflops=None if job.profile.measured or device is None else device.gflops)
     ctx = Context(job, work, inputs, {}, {}, latency, reporter, {}, coordinator or Coordinator())
     ctx.teacher_info = measure_teacher(ctx)
-    ctx.candidates = cost_candidates(job.teacher.model.config, seq_len=seq_len)
+    ctx.cutter = make_cutter(job, inputs)
+    ctx.candidates = cost_candidates(ctx.cutter, seq_len=seq_len)
     if pick(ctx.candidates, job.budget, latency, ceilings={}) is None:
         nothing_fits_before_training(ctx, ctx.candidates)
     ctx.teacher_logits, ctx.cache_info = teacher_outputs(job, inputs, reporter)
-    labels = torch.as_tensor(job.data.test.labels)
-    ctx.teacher_info["metric"] = {
-        "name": "accuracy",
-        "split": "test",
-        "value": accuracy(ctx.teacher_logits["test"], labels),
-    }
+    teacher = ctx.teacher_logits
+    labels = class_labels(job, "test")
+    measured = job.family.measure(teacher["test"], teacher["test"], labels, fit(ctx, teacher))
+    ctx.teacher_info["metric"] = {"name": measured["name"], "split": "test", "value": measured["value"]}
     reporter.say(teacher_line(ctx))
     return ctx
+
+
+def fit(ctx: Context, outputs: dict[str, torch.Tensor]) -> Fit | None:
+    """What a probe or a fitted map learns from: ``outputs`` on the train split (None when not needed)."""
+    if "train" not in outputs:
+        return None
+    return Fit(outputs["train"], class_labels(ctx.job, "train"), ctx.teacher_logits.get("train"))
 
 
 def teacher_outputs(
     job: Job, inputs: dict[str, dict[str, torch.Tensor]], reporter: Reporter
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The teacher's logits on the held-out splits: from the cache, or computed once and cached.
+    """The teacher's reference outputs (logits, embeddings, next-token NLL) on the held-out splits, and
+    on train where the family's metric fits a probe: from the cache, or computed once and cached.
 
-    The training split's outputs (soft targets, embeddings, hidden states) are the engine's offline cache.
+    The training split's soft targets (and embeddings, hidden states) are the engine's offline cache.
     """
-    seq_len = job.sequence_length
-    key = cache_key(
-        job.teacher.fingerprint(), job.data.fingerprint(), {"seq_len": seq_len, "outputs": "eval-logits"}
-    )
+    family = job.family
+    splits = ("val", "test", "train") if family.needs_train_reference(job.data.labeled) else ("val", "test")
+    settings = {"seq_len": job.sequence_length, "outputs": f"reference-{family.name}", "splits": splits}
+    key = cache_key(job.teacher.fingerprint(), job.data.fingerprint(), settings)
     cache = TeacherCache(cache_root() / "teacher-outputs")
 
     def compute() -> dict[str, torch.Tensor]:
         reporter.say("Computing teacher outputs once (cached for every round and later runs)")
-        return {name: predict_logits(job.teacher.model, inputs[name]) for name in ("val", "test")}
+        return {name: family.reference(job.teacher.model, inputs[name]) for name in splits}
 
     logits, hit = cache.get_or_compute(key, compute)
     held_out = {"cache": "hit" if hit else "computed", "key": key, "path": str(cache.path(key))}
@@ -194,8 +216,8 @@ def teacher_line(ctx: Context) -> str:
     verdict = "within budget" if p90 <= budget.latency_ms else "over budget"
     where = "measured on this host" if ctx.job.profile.measured else f"predicted on {ctx.job.profile.name}"
     return (
-        f"Teacher: {info['params'] / 1e6:.1f}M params, "
-        f"accuracy {info['metric']['value']:.3f} on held-out data; "
+        f"Teacher ({ctx.job.family.name}): {info['params'] / 1e6:.1f}M params, "
+        f"{info['metric']['name']} {info['metric']['value']:.3f} on held-out data; "
         f"p90 {p90:.0f} ms {where} -> {verdict}"
     )
 
@@ -241,7 +263,8 @@ def time_on_host(ctx: Context, artifact: Path, flops: int) -> Timed:
 def time_unsaved(ctx: Context, model: torch.nn.Module, flops: int) -> Timed:
     """Export ``model`` to a temporary artifact and time it (the teacher, an untrained probe)."""
     with tempfile.TemporaryDirectory() as tmp:
-        artifact = get_target(ctx.job.target).export(LogitsOnly(model).eval(), batch_one(ctx), Path(tmp))
+        module = export_module(ctx.job.family, model)
+        artifact = get_target(ctx.job.target).export(module, batch_one(ctx), Path(tmp))
         return time_on_host(ctx, artifact, flops)
 
 
@@ -269,7 +292,12 @@ def rounded(values: dict[str, float]) -> dict[str, float]:
 
 
 def batch_one(ctx: Context) -> dict[str, torch.Tensor]:
-    return {k: v[:1] for k, v in ctx.inputs["test"].items()}
+    return {k: v[:1] for k, v in model_inputs(ctx.inputs["test"]).items()}
+
+
+def model_inputs(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The columns an exported artifact takes (a causal LM's next-token labels are not among them)."""
+    return {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
 
 
 def numpy_batch_one(ctx: Context) -> dict[str, Any]:
@@ -311,10 +339,7 @@ def choose(ctx: Context, candidates: list[Candidate], ceilings: dict[str, float]
 def probe(ctx: Context, candidate: Candidate) -> None:
     """Export an untrained copy of ``candidate`` and time it on this host (also proves it exports)."""
     job = ctx.job
-    model = AutoModelForSequenceClassification.from_config(
-        student_config(job.teacher.model.config, candidate.spec)
-    )
-    timed = time_unsaved(ctx, model, candidate.flops)
+    timed = time_unsaved(ctx, ctx.cutter.untrained(candidate.spec), candidate.flops)
     timing, fields = timed.profile, latency_fields(ctx, timed)
     fits = not misses(predict(candidate, ctx.latency), job.budget)
     ctx.probes.append(
@@ -356,50 +381,57 @@ def nothing_fits_before_training(ctx: Context, candidates: list[Candidate]) -> N
 
 def run_round(ctx: Context, candidate: Candidate, *, index: int) -> dict[str, Any]:
     """Distill one candidate, export it, verify parity, profile it, and judge it against the budget."""
-    job, reporter = ctx.job, ctx.reporter
+    job, reporter, spec = ctx.job, ctx.reporter, candidate.spec
     predicted = predict(candidate, ctx.latency)
     reporter.say(
-        f"Round {index}: student {candidate.spec.label} ({candidate.params / 1e6:.1f}M params), "
+        f"Round {index}: student {spec.label} ({candidate.params / 1e6:.1f}M params), "
         f"predicted p90 {predicted['latency_ms']:.1f} ms"
     )
-    labels = {name: torch.as_tensor(getattr(job.data, name).labels) for name in ("train", "test")}
-    total = job.train.epochs * -(-len(labels["train"]) // (job.train.batch_size * job.train.grad_accum))
-    checkpoint = checkpoint_dir(job, candidate.spec)
+    rows = len(ctx.inputs["train"]["input_ids"])
+    total = job.train.epochs * -(-rows // (job.train.batch_size * job.train.grad_accum))
+    checkpoint = checkpoint_dir(job, spec)
     ctx.checkpoints.append(checkpoint)
-    ctx.coordinator.send(candidate_message(candidate.spec, ctx.teacher_logits["val"], checkpoint))
-    with reporter.steps(f"distilling {candidate.spec.label}", total) as on_step:
+    ctx.coordinator.send(candidate_message(spec, ctx.teacher_logits["val"], checkpoint))
+    with reporter.steps(f"distilling {spec.label}", total) as on_step:
         student, result = train_candidate(
-            job,
-            ctx.inputs,
-            candidate.spec,
-            ctx.teacher_logits["val"],
-            checkpoint,
-            on_step=on_step,
-            say=reporter.say,
-        )
-    trained = result.train
+            job, ctx.inputs, spec, ctx.teacher_logits["val"], checkpoint,
+            cutter=ctx.cutter, on_step=on_step, say=reporter.say,
+        )  # fmt: skip
     ctx.cache_info["train"] = {"scheme": result.scheme, **result.cache}
-    if trained.resumed_from_epoch is not None:
-        reporter.say(f"  resumed training from epoch {trained.resumed_from_epoch} of {job.train.epochs}")
-    test_logits = predict_logits(student, ctx.inputs["test"])
+    if result.train.resumed_from_epoch is not None:
+        reporter.say(f"  resumed training from epoch {result.train.resumed_from_epoch} of {job.train.epochs}")
+    measured = measure_student(ctx, student)
+    student = ctx.cutter.finish(student, spec)  # vocabulary trimmed after training, when spec says so
     out = ctx.work / "artifacts" / f"round-{index}-{job.target}"
-    wrapped = LogitsOnly(student).eval()
+    wrapped = export_module(job.family, student)
     artifact = get_target(job.target).export(wrapped, batch_one(ctx), out)
-    held_out = {k: v[: job.parity_examples] for k, v in ctx.inputs["test"].items()}
+    held_out = {k: v[: job.parity_examples] for k, v in model_inputs(ctx.inputs["test"]).items()}
     parity = check_parity(get_target(job.target), artifact, wrapped, held_out)
     reporter.say(f"  exported {job.target}, parity ok (max abs diff {parity.max_abs_diff:.2e})")
     timed = time_on_host(ctx, artifact, candidate.flops)
-    record = round_record(ctx, candidate, index, predicted, trained, test_logits, labels["test"], timed)
+    record = round_record(ctx, candidate, index, predicted, result.train, measured, timed)
     record["val"] = {k: v for k, v in result.metrics.items()}
     record.update(parity=parity.as_dict(), artifact=str(artifact.relative_to(ctx.work)))
     record["_student"] = student  # kept in memory only, for saving the winner
     verdict = "fits" if record["fits"] else "misses: " + "; ".join(record["miss_sentences"])
+    retention = f" (retention {record['retention']:.1%})" if record["retention"] is not None else ""
     reporter.say(
-        f"  accuracy {record['metric']['value']:.3f} (retention {record['retention']:.1%}), "
+        f"  {record['metric']['name']} {record['metric']['value']:.3f}{retention}, "
         f"p90 {record['latency_ms']['p90']:.1f} ms {record['latency_source']}, "
         f"{record['peak_memory_mb']:.0f} MB peak, {record['size_mb']:.1f} MB -> {verdict}"
     )
     return record
+
+
+def measure_student(ctx: Context, student: torch.nn.Module) -> dict[str, Any]:
+    """The trained student's metric on the test split (and its agreement with the teacher's outputs)."""
+    family, teacher = ctx.job.family, ctx.teacher_logits
+    outputs = {"test": family.reference(student, ctx.inputs["test"])}
+    if "train" in teacher:  # a probe or fitted map learns from the student's own train outputs
+        outputs["train"] = family.reference(student, ctx.inputs["train"])
+    labels = class_labels(ctx.job, "test")
+    measured = family.measure(outputs["test"], teacher["test"], labels, fit(ctx, outputs))
+    return {"split": "test", **measured}
 
 
 def round_record(
@@ -408,20 +440,18 @@ def round_record(
     index: int,
     predicted: dict[str, float],
     trained: Any,
-    test_logits: torch.Tensor,
-    labels: torch.Tensor,
+    measured: dict[str, Any],
     timed: Timed,
 ) -> dict[str, Any]:
     """The round as report.json states it."""
     timing, fields = timed.profile, latency_fields(ctx, timed)
-    measured = {
+    costs = {
         "latency_ms": fields["latency_ms"]["p90"],
         "memory_mb": timing.peak_memory_mb,
         "size_mb": timing.size_mb,
     }
-    missed = misses(measured, ctx.job.budget)
-    metric = accuracy(test_logits, labels)
-    teacher_metric = ctx.teacher_info["metric"]["value"]
+    missed = misses(costs, ctx.job.budget)
+    metric = {k: v for k, v in measured.items() if k != "agreement"}
     return {
         "round": index,
         "student": {**candidate.spec.as_dict(), "params": candidate.params, "flops": candidate.flops},
@@ -433,9 +463,9 @@ def round_record(
         "peak_memory_mb": round(timing.peak_memory_mb, 1),
         "memory_source": "measured-host",
         "load_ms": round(timing.load_ms, 1),
-        "metric": {"name": "accuracy", "split": "test", "value": metric},
-        "retention": metric / teacher_metric if teacher_metric else None,
-        "agreement": agreement(test_logits, ctx.teacher_logits["test"]),
+        "metric": metric,
+        "retention": ctx.job.family.retention(metric["value"], ctx.teacher_info["metric"]["value"]),
+        "agreement": measured["agreement"],
         "train": trained.as_dict(),
         "fits": not missed,
         "misses": [m.as_dict() for m in missed],

@@ -1,7 +1,7 @@
 """Costing candidate students against a budget, and picking the next one to train.
 
 Example:
-    >>> candidates = cost_candidates(teacher.model.config, seq_len=128)   # doctest: +SKIP
+    >>> candidates = cost_candidates(Cutter(teacher.model, family), seq_len=128)   # doctest: +SKIP
     >>> pick(candidates, budget, latency_model, tried=[])                 # doctest: +SKIP
 """
 
@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from transformers import AutoModelForSequenceClassification, PretrainedConfig
 
 from edge_distill.cost import LatencyModel, artifact_mb, count_flops, count_params
-from edge_distill.students import StudentSpec, student_config, student_space
+from edge_distill.students import StudentSpec
 
 if TYPE_CHECKING:
+    from edge_distill.cut import Cutter
     from edge_distill.profiles import Budget
 
 BUDGET_UNITS = {"latency_ms": "ms", "memory_mb": "MB", "size_mb": "MB"}
@@ -64,7 +64,7 @@ class Miss:
 
 
 def model_cost(model: torch.nn.Module, seq_len: int) -> tuple[int, int]:
-    """(params, FLOPs) of a sequence classifier at batch 1 and ``seq_len`` tokens."""
+    """(params, FLOPs) of a text model at batch 1 and ``seq_len`` tokens."""
     example = {
         "input_ids": torch.zeros(1, seq_len, dtype=torch.long),
         "attention_mask": torch.ones(1, seq_len, dtype=torch.long),
@@ -72,12 +72,12 @@ def model_cost(model: torch.nn.Module, seq_len: int) -> tuple[int, int]:
     return count_params(model), count_flops(model, example)
 
 
-def cost_candidates(config: PretrainedConfig, *, seq_len: int) -> list[Candidate]:
-    """Params and FLOPs of every student in the space, largest first (built at random init: cheap)."""
+def cost_candidates(cutter: Cutter, *, seq_len: int) -> list[Candidate]:
+    """Params and FLOPs of every student the cutter can build (depth, width and vocabulary mixed),
+    largest first; each is built at random init, which is cheap and costs the same as trained."""
     candidates = []
-    for spec in student_space(config):
-        model = AutoModelForSequenceClassification.from_config(student_config(config, spec)).eval()
-        params, flops = model_cost(model, seq_len)
+    for spec in cutter.space():
+        params, flops = model_cost(cutter.untrained(spec), seq_len)
         candidates.append(Candidate(spec=spec, params=params, flops=flops))
     return candidates
 

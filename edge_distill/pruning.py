@@ -22,11 +22,11 @@ Example:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
-from transformers import AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 
 from edge_distill.errors import TeacherError
 from edge_distill.students import StudentSpec, check_family, layer_map, student_config
@@ -238,7 +238,7 @@ def build_pruned_student(
     check_family(teacher.config)
     plan = pruning_plan(teacher.config, spec, scores)
     torch.manual_seed(seed)
-    student = AutoModelForSequenceClassification.from_config(student_config(teacher.config, spec))
+    student = type(teacher)(student_config(teacher.config, replace(spec, vocab=None)))
     source, used = teacher.state_dict(), set[str]()
     with torch.no_grad():
         for key, target in student.state_dict().items():

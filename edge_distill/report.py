@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_distill import __version__
 from edge_distill.atomic import write_json_atomic
+from edge_distill.students import StudentSpec
 from edge_distill.teachers import quiet_transformers
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ def data_section(job: Any) -> dict[str, Any]:
         "name": data.name,
         "source": data.source,
         "label_names": list(data.label_names),
+        "labeled": data.labeled,
         "sizes": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
         "fingerprint": data.fingerprint(),
     }
@@ -77,12 +79,16 @@ def result_section(
     tried = len(rounds)
     reason = (
         f"No student fits {ctx.job.profile.name} after {tried} round(s): the last one, "
-        f"{last['student']['layers']} layers x {last['student']['hidden']}, missed ({detail}); "
+        f"{StudentSpec(**_shape(last['student'])).label}, missed ({detail}); "
         "raise --max-rounds, relax the budget, or pick a larger device profile."
         if last
         else f"No student fits {ctx.job.profile.name}: {detail}."
     )
     return {"fits": False, "round": None, "artifact": None, "student": None, "reason": reason}
+
+
+def _shape(student: dict[str, Any]) -> dict[str, Any]:
+    return {k: student[k] for k in ("layers", "hidden", "heads", "intermediate", "vocab") if k in student}
 
 
 def promote_artifact(work: Path, relative: str, target: str) -> str:
@@ -93,21 +99,67 @@ def promote_artifact(work: Path, relative: str, target: str) -> str:
     return str((destination / source.name).relative_to(work))
 
 
+PIPELINES = {
+    "sequence-classification": "text-classification",
+    "sentence-embedding": "sentence-similarity",
+    "causal-lm": "text-generation",
+    "image-classification": "image-classification",
+}
+
+
 def save_student(folder: Path, student: Any, job: Any, winner: dict[str, Any]) -> None:
-    """The student in Hugging Face format (safetensors), with its tokenizer and a short model card."""
-    student.config.id2label = dict(enumerate(job.data.label_names))
-    student.config.label2id = {name: i for i, name in enumerate(job.data.label_names)}
+    """The student in Hugging Face format (safetensors), with its tokenizer and a short model card.
+
+    A sentence-embedding student also gets sentence-transformers' modules.json and pooling config, so
+    that library loads it as it loaded the teacher.
+    """
+    names = job.teacher.label_names
+    if job.family.classifies and names:
+        student.config.id2label = dict(enumerate(names))
+        student.config.label2id = {name: i for i, name in enumerate(names)}
     with quiet_transformers():  # no "Writing model shards" bar in the user's console
         student.save_pretrained(folder)
         job.teacher.tokenizer.save_pretrained(folder)
+    if job.family.name == "sentence-embedding":
+        write_sentence_transformers_files(folder, student)
     (folder / "README.md").write_text(model_card(job, winner))
 
 
+def write_sentence_transformers_files(folder: Path, student: Any) -> None:
+    """modules.json and 1_Pooling/config.json as sentence-transformers writes them."""
+    from edge_distill.families import POOLING_KEY
+
+    pooling = getattr(student.config, POOLING_KEY, None) or {"mode": "mean", "normalize": False}
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if pooling.get("normalize"):
+        modules.append(
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
+        )
+    write_json_atomic(folder / "modules.json", modules)
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    write_json_atomic(
+        folder / "1_Pooling" / "config.json",
+        {
+            "word_embedding_dimension": student.config.hidden_size,
+            "pooling_mode_cls_token": pooling.get("mode") == "cls",
+            "pooling_mode_mean_tokens": pooling.get("mode") != "cls",
+            "pooling_mode_max_tokens": False,
+            "pooling_mode_mean_sqrt_len_tokens": False,
+        },
+    )
+
+
 def model_card(job: Any, winner: dict[str, Any]) -> str:
-    spec, latency = winner["student"], winner["latency_ms"]
+    spec, latency, metric = winner["student"], winner["latency_ms"], winner["metric"]
+    retention = f" (teacher retention {winner['retention']:.1%})" if winner["retention"] is not None else ""
+    vocab = f", vocabulary trimmed to {spec['vocab']:,} tokens" if spec.get("vocab") else ""
+    labels = f" Labels: {', '.join(job.teacher.label_names)}." if job.teacher.label_names else ""
     return f"""---
 library_name: transformers
-pipeline_tag: text-classification
+pipeline_tag: {PIPELINES.get(job.family.name, "feature-extraction")}
 tags: [edge-distill, knowledge-distillation]
 ---
 # Student of {job.teacher.name}
@@ -116,14 +168,14 @@ Distilled by edge-distill {__version__} for the `{job.profile.name}` profile.
 
 | | value |
 |---|---|
-| shape | {spec["layers"]} layers x {spec["hidden"]} hidden, {spec["heads"]} heads |
+| shape | {spec["layers"]} layers x {spec["hidden"]} hidden, {spec["heads"]} heads{vocab} |
 | parameters | {spec["params"]:,} |
-| test accuracy | {winner["metric"]["value"]:.4f} (teacher retention {winner["retention"]:.1%}) |
+| test {metric["name"]} | {metric["value"]:.4f}{retention} |
 | p90 latency | {latency["p90"]:.1f} ms ({winner["latency_source"]}, {job.profile.name}) |
 | artifact | `{winner["artifact"]}` ({winner["size_mb"]:.1f} MB, {winner["target"]} {winner["precision"]}) |
 
 Training: temperature {job.train.temperature}, alpha {job.train.alpha}, {job.train.epochs} epochs,
-sequence length {job.sequence_length}. Labels: {", ".join(job.data.label_names)}.
+sequence length {job.sequence_length}.{labels}
 """
 
 

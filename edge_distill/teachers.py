@@ -1,4 +1,4 @@
-"""Teachers: load a Hugging Face sequence classifier safely, or build the built-in demo teacher.
+"""Teachers: load a teacher of any supported family safely, or build the built-in demo teacher.
 
 Example:
     >>> teacher = load_teacher("./my-teacher")  # doctest: +SKIP
@@ -21,6 +21,7 @@ import transformers
 
 from edge_distill.data import Split, tokenize
 from edge_distill.errors import TeacherError
+from edge_distill.families import Family, detect_family, get_family
 
 # Tokenizer files count too: the same weights behind another tokenizer give other teacher outputs.
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
@@ -29,7 +30,7 @@ _TOKENIZER_FILES += ("vocab.txt", "vocab.json", "merges.txt", "spiece.model", "s
 
 @dataclass
 class Teacher:
-    """A sequence-classification teacher in eval mode, with its tokenizer and label names.
+    """A teacher in eval mode, with its family (``task``), tokenizer (None for images) and label names.
 
     Example:
         >>> teacher = load_teacher("path/to/teacher")  # doctest: +SKIP
@@ -38,7 +39,7 @@ class Teacher:
     """
 
     model: transformers.PreTrainedModel
-    tokenizer: transformers.PreTrainedTokenizerBase
+    tokenizer: Any  # a tokenizer; None for an image classifier
     name: str
     path: Path
     label_names: tuple[str, ...]
@@ -67,6 +68,7 @@ def fingerprint_folder(folder: Path) -> str:
         '3f2a9c0d1b7e'
     """
     weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+    weights = weights or sorted(folder.glob("*.gguf"))
     others = [folder / n for n in ("config.json", *_TOKENIZER_FILES) if (folder / n).is_file()]
     h = hashlib.sha256()
     for file in [*weights, *others]:
@@ -102,11 +104,16 @@ def quiet_transformers() -> Iterator[None]:
 # -------------------- Loading --------------------
 
 
-def load_teacher(path_or_id: str | Path, *, trust_remote_code: bool = False) -> Teacher:
-    """Load a sequence classifier from a local HF folder or a Hugging Face hub id.
+def load_teacher(
+    path_or_id: str | Path, *, task: str | None = None, trust_remote_code: bool = False
+) -> Teacher:
+    """Load a teacher of any supported family from a local HF folder or a Hugging Face hub id.
 
-    Weights load as safetensors, or as pickles under ``weights_only``; custom model code runs only
-    with ``trust_remote_code=True``. A hub id is looked up offline when HF_HUB_OFFLINE is set.
+    The family (``edge_distill.families``) is detected from config.json's architectures and, for a
+    sentence-transformers folder, its modules.json; ``task`` names it instead. A folder holding one GGUF
+    file (and no config.json) loads as a causal LM. Weights load as safetensors, GGUF, or pickles under
+    ``weights_only``; custom model code runs only with ``trust_remote_code=True``. A hub id is looked up
+    offline when HF_HUB_OFFLINE is set.
 
     Example:
         >>> teacher = load_teacher("./my-teacher")  # doctest: +SKIP
@@ -115,13 +122,15 @@ def load_teacher(path_or_id: str | Path, *, trust_remote_code: bool = False) -> 
     """
     source = str(path_or_id)
     folder = Path(source).expanduser()
+    if task is not None:
+        get_family(task)  # an unknown family name fails now, with the valid names
     if folder.is_dir():
-        if not (folder / "config.json").is_file():
+        if not (folder / "config.json").is_file() and not _gguf_file(folder):
             raise TeacherError(
                 f"Teacher folder {folder} has no config.json; pass a folder written by save_pretrained "
-                "(config.json, model weights and tokenizer files)."
+                "(config.json, model weights and tokenizer files) or one holding a single .gguf file."
             )
-        return _load(str(folder), folder, name=source, local_only=True, trust_remote_code=trust_remote_code)
+        return _load(str(folder), folder, name=source, local_only=True, task=task, trust=trust_remote_code)
     if folder.exists():
         raise TeacherError(f"Teacher {folder} is a file; pass the folder that holds config.json and weights.")
     if _looks_like_path(source):
@@ -129,7 +138,18 @@ def load_teacher(path_or_id: str | Path, *, trust_remote_code: bool = False) -> 
             f"Teacher folder {folder} does not exist; pass a folder with config.json and model weights, "
             "or a Hugging Face hub id."
         )
-    return _load_hub(source, trust_remote_code=trust_remote_code)
+    return _load_hub(source, task=task, trust_remote_code=trust_remote_code)
+
+
+def _gguf_file(folder: Path) -> str | None:
+    """The one GGUF file of a folder without config.json (None otherwise)."""
+    if (folder / "config.json").is_file():
+        return None
+    files = sorted(folder.glob("*.gguf"))
+    if len(files) > 1:
+        names = ", ".join(f.name for f in files)
+        raise TeacherError(f"Teacher folder {folder} holds several GGUF files ({names}); keep one.")
+    return files[0].name if files else None
 
 
 def _looks_like_path(source: str) -> bool:
@@ -147,7 +167,7 @@ def _hub_offline() -> bool:
     return any(f in {"1", "true", "yes", "on"} for f in flags) or bool(constants.HF_HUB_OFFLINE)
 
 
-def _load_hub(repo_id: str, *, trust_remote_code: bool) -> Teacher:
+def _load_hub(repo_id: str, *, task: str | None, trust_remote_code: bool) -> Teacher:
     from transformers.utils import cached_file
 
     local_only = _hub_offline()
@@ -164,24 +184,38 @@ def _load_hub(repo_id: str, *, trust_remote_code: bool) -> Teacher:
             f"{fix} and pass --teacher DIR."
         ) from e
     folder = Path(config_file).parent  # the snapshot folder in the hub cache
-    return _load(repo_id, folder, name=repo_id, local_only=local_only, trust_remote_code=trust_remote_code)
+    return _load(repo_id, folder, name=repo_id, local_only=local_only, task=task, trust=trust_remote_code)
 
 
-def _load(source: str, folder: Path, *, name: str, local_only: bool, trust_remote_code: bool) -> Teacher:
-    opts: dict[str, Any] = {"local_files_only": local_only, "trust_remote_code": trust_remote_code}
+def _load(
+    source: str, folder: Path, *, name: str, local_only: bool, task: str | None, trust: bool
+) -> Teacher:
+    opts: dict[str, Any] = {"local_files_only": local_only, "trust_remote_code": trust}
+    gguf = _gguf_file(folder)
+    if gguf:
+        opts["gguf_file"] = gguf
     with quiet_transformers():
         config = _load_config(source, name, opts)
-        _check_classifier(config, name)
-        model = _load_model(source, config, name, opts)
-        try:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(source, **opts)
-        except Exception as e:
-            raise TeacherError(
-                f"Teacher {name} has no usable tokenizer ({_reason(e)}); save it beside the model with "
-                "tokenizer.save_pretrained(DIR)."
-            ) from e
-    labels = tuple(str(config.id2label[i]) for i in sorted(config.id2label, key=int))
-    return Teacher(model.eval(), tokenizer, name, folder, labels)
+        family = get_family(task or _detect(config, folder, name, gguf))
+        model = _load_model(source, config, name, opts, family)
+        family.prepare(model, folder)
+        tokenizer = _load_tokenizer(source, name, opts, family)
+    labels = ()
+    if family.name.endswith("classification"):
+        labels = tuple(str(config.id2label[i]) for i in sorted(config.id2label, key=int))
+    return Teacher(model.eval(), tokenizer, name, folder, labels, task=family.name)
+
+
+def _load_tokenizer(source: str, name: str, opts: dict[str, Any], family: Family) -> Any:
+    try:
+        return transformers.AutoTokenizer.from_pretrained(source, **opts)
+    except Exception as e:
+        if not family.cli:  # an image model has an image processor, not a tokenizer
+            return None
+        raise TeacherError(
+            f"Teacher {name} has no usable tokenizer ({_reason(e)}); save it beside the model with "
+            "tokenizer.save_pretrained(DIR)."
+        ) from e
 
 
 def _load_config(source: str, name: str, opts: dict[str, Any]) -> transformers.PretrainedConfig:
@@ -194,40 +228,44 @@ def _load_config(source: str, name: str, opts: dict[str, Any]) -> transformers.P
         raise TeacherError(f"Teacher {name} has an unreadable config.json ({_reason(e)}); re-save it.") from e
 
 
-def _check_classifier(config: transformers.PretrainedConfig, name: str) -> None:
+def _detect(config: transformers.PretrainedConfig, folder: Path, name: str, gguf: str | None) -> str:
+    """The teacher's family; a config with no architectures counts as a classifier only with real labels."""
+    if gguf:
+        return "causal-lm"  # GGUF holds language models
+    found = detect_family(config, folder)
+    if found:
+        return found
     archs = list(getattr(config, "architectures", None) or [])
-    fix = (
-        "pass a model fine-tuned for text classification (architectures ending in ForSequenceClassification)"
+    if not archs and {int(k): v for k, v in config.id2label.items()} != {0: "LABEL_0", 1: "LABEL_1"}:
+        return "sequence-classification"
+    what = f"a {archs[0]}" if archs else "a model with no architectures or labels in config.json"
+    raise TeacherError(
+        f"Teacher {name} is {what}, which no supported family covers; pass a sequence classifier, a "
+        "sentence-embedding model, a causal LM or an image classifier (or name one with --task)."
     )
-    if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
-        raise TeacherError(f"Teacher {name} is a {archs[0]}, not a sequence classifier; {fix}.")
-    # No architectures and transformers' default labels: nothing says this was ever a classifier.
-    if not archs and {int(k): v for k, v in config.id2label.items()} == {0: "LABEL_0", 1: "LABEL_1"}:
-        raise TeacherError(f"Teacher {name} has no classifier architecture or labels in config.json; {fix}.")
 
 
 def _load_model(
-    source: str, config: transformers.PretrainedConfig, name: str, opts: dict[str, Any]
+    source: str, config: transformers.PretrainedConfig, name: str, opts: dict[str, Any], family: Family
 ) -> transformers.PreTrainedModel:
     try:
-        model, info = transformers.AutoModelForSequenceClassification.from_pretrained(
-            source, config=config, output_loading_info=True, **opts
-        )
+        model, info = family.loader().from_pretrained(source, config=config, output_loading_info=True, **opts)
     except ValueError as e:
         if "Unrecognized configuration class" not in str(e):
             raise TeacherError(f"Teacher {name} could not be loaded ({_reason(e)}); re-save it.") from e
         raise TeacherError(
-            f"Teacher {name} ({config.model_type}) has no sequence-classification head in transformers; "
-            "pass a text-classification model."
+            f"Teacher {name} ({config.model_type}) cannot load as a {family.name} model in transformers; "
+            "pass a model of that family or name its family with --task."
         ) from e
     except Exception as e:  # missing or corrupt weights, pickles refused by weights_only
         fix = "save it with save_pretrained (model.safetensors)"
         raise TeacherError(f"Teacher {name} has no loadable weights ({_reason(e)}); {fix}.") from e
-    missing = sorted(info.get("missing_keys", ()))
-    if missing:  # a freshly initialised head would make a random teacher
+    # a freshly initialised head would make a random teacher (an unused pooler does not matter)
+    missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("pooler."))
+    if missing:
         raise TeacherError(
             f"Teacher {name} has no trained weights for {', '.join(missing[:3])}; pass a fine-tuned "
-            "sequence classifier."
+            f"{family.name} model."
         )
     return model
 

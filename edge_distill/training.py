@@ -1,12 +1,14 @@
 """One candidate's distillation inside the budget loop, and the other ranks' side of a launched run.
 
 Example:
-    >>> student, result = train_candidate(job, inputs, spec, val_logits, checkpoint)  # doctest: +SKIP
+    >>> cutter = make_cutter(job, inputs)                                               # doctest: +SKIP
+    >>> student, result = train_candidate(job, inputs, spec, val, checkpoint, cutter=cutter)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,10 +16,10 @@ import torch
 from torch import nn
 
 from edge_distill.cache import cache_key, cache_root
-from edge_distill.data import tokenize
+from edge_distill.cut import Cutter
 from edge_distill.distributed import Coordinator
 from edge_distill.engine import DistillResult, distill
-from edge_distill.students import StudentSpec, build_student
+from edge_distill.students import StudentSpec
 
 if TYPE_CHECKING:
     from edge_distill.loop import Job
@@ -26,36 +28,60 @@ Inputs = dict[str, dict[str, torch.Tensor]]
 
 
 def tokenized(job: Job) -> Inputs:
-    """Every split of the job's data, tokenised at the job's sequence length."""
+    """Every split of the job's data as the teacher's family takes it, at the job's sequence length."""
     splits = {"train": job.data.train, "val": job.data.val, "test": job.data.test}
-    return {name: tokenize(job.teacher.tokenizer, s.texts, job.sequence_length) for name, s in splits.items()}
+    encode = job.family.encode
+    return {name: encode(job.teacher.tokenizer, s.texts, job.sequence_length) for name, s in splits.items()}
+
+
+def class_labels(job: Job, split: str, teacher_reference: torch.Tensor | None = None) -> torch.Tensor | None:
+    """A classifier's labels on ``split``: the data's, or on unlabelled data the teacher's top-1."""
+    if not job.family.classifies:
+        return None
+    if job.data.labeled:
+        return torch.as_tensor(getattr(job.data, split).labels)
+    return None if teacher_reference is None else teacher_reference.argmax(-1)
 
 
 def train_candidate(
     job: Job,
     inputs: Inputs,
     spec: StudentSpec,
-    teacher_val_logits: torch.Tensor,
+    teacher_val: torch.Tensor,
     checkpoint: Path,
     *,
+    cutter: Cutter,
     on_step: Callable[[int, int, dict[str, float]], None] | None = None,
     say: Callable[[str], None] = lambda text: None,
 ) -> tuple[nn.Module, DistillResult]:
-    """Cut the student ``spec`` from the teacher and distil it on the training split."""
-    student = build_student(job.teacher.model, spec, seed=job.train.seed)
-    labels = {name: torch.as_tensor(getattr(job.data, name).labels) for name in ("train", "val")}
+    """Cut the student ``spec`` from the teacher and distil it on the training split.
+
+    Unlabelled data trains on the teacher's soft targets alone; a classifier is validated (early stopping,
+    best epoch) against the data's labels or the teacher's top-1.
+    """
+    family = job.family
+    student = cutter.cut(spec, seed=job.train.seed)
+    train = dict(inputs["train"])
+    labels = class_labels(job, "train")
+    if labels is not None:
+        train["labels"] = labels
+    val = None
+    if family.classifies:
+        val = {**inputs["val"], "labels": class_labels(job, "val", teacher_val)}
     result = distill(
         job.teacher.model,
         student,
-        {**inputs["train"], "labels": labels["train"]},
-        job.losses,
-        val_data={**inputs["val"], "labels": labels["val"]},
+        train,
+        job.losses or family.losses(has_labels="labels" in train),
+        val_data=val,
         settings=job.train,
         scheme=job.scheme,
         top_k=job.top_k,
+        adapter=family.adapter(student),
+        teacher_adapter=family.adapter(job.teacher.model),
         checkpoint_dir=checkpoint,
         resume=job.resume,
-        teacher_val_logits=teacher_val_logits,
+        teacher_val_logits=teacher_val if val is not None else None,
         on_step=on_step,
         say=say,
     )
@@ -72,7 +98,8 @@ def checkpoint_dir(job: Job, spec: StudentSpec) -> Path:
         job.teacher.fingerprint(),
         job.data.fingerprint(),
         {
-            "spec": spec.as_dict(),
+            "spec": replace(spec, vocab=None).as_dict(),  # trimming comes after training: shared
+            "width": job.width,
             "train": job.train.as_dict(),
             "losses": job.losses,
             "scheme": job.scheme,
@@ -86,10 +113,23 @@ def checkpoint_dir(job: Job, spec: StudentSpec) -> Path:
 def serve(job: Job, coordinator: Coordinator) -> None:
     """A non-main rank: join every distillation the main rank starts, until it says the job is over."""
     inputs = tokenized(job)
+    cutter = make_cutter(job, inputs)
     while (message := coordinator.receive()) is not None:
-        train_candidate(
-            job, inputs, StudentSpec(**message["spec"]), message["teacher_val_logits"], message["checkpoint"]
-        )
+        spec = StudentSpec(**message["spec"])
+        val, checkpoint = message["teacher_val_logits"], message["checkpoint"]
+        train_candidate(job, inputs, spec, val, checkpoint, cutter=cutter)
+
+
+def make_cutter(job: Job, inputs: Inputs) -> Cutter:
+    """The job's student cutter: calibration and kept vocabulary from the training split."""
+    return Cutter.for_data(
+        job.teacher.model,
+        job.family,
+        inputs["train"],
+        tokenizer=job.teacher.tokenizer,
+        width=job.width,
+        trim_vocab=job.trim_vocab,
+    )
 
 
 def candidate_message(spec: StudentSpec, val_logits: torch.Tensor, checkpoint: Path) -> dict[str, Any]:

@@ -101,16 +101,16 @@ def test_predicted_latency_on_a_device_profile(
 def test_teacher_outputs_computed_once_across_runs(
     tiny_teacher_dir: Path, tiny_csv: Path, tmp_path: Path, capsys, monkeypatch
 ) -> None:
-    import edge_distill.loop as loop
+    from edge_distill.families import SequenceClassification
 
     calls = []
-    original = loop.predict_logits
+    original = SequenceClassification.reference
 
-    def counting(model, inputs, **kwargs):
+    def counting(self, model, inputs):
         calls.append(model)
-        return original(model, inputs, **kwargs)
+        return original(self, model, inputs)
 
-    monkeypatch.setattr(loop, "predict_logits", counting)
+    monkeypatch.setattr(SequenceClassification, "reference", counting)
     args = [
         "--profile",
         "host",
@@ -239,11 +239,13 @@ def test_profiles_command_lists_and_shows(capsys) -> None:
 
 def shrink_budget(teacher_dir: Path) -> float:
     """A size budget the largest candidate is predicted to meet but misses once exported (graph bytes)."""
-    from transformers import AutoConfig
-
+    from edge_distill.cut import Cutter
+    from edge_distill.families import get_family
     from edge_distill.planner import cost_candidates
+    from edge_distill.teachers import load_teacher
 
-    largest = cost_candidates(AutoConfig.from_pretrained(teacher_dir), seq_len=16)[0]
+    cutter = Cutter(load_teacher(teacher_dir).model, get_family("sequence-classification"))
+    largest = cost_candidates(cutter, seq_len=16)[0]
     return largest.size_mb + 0.001
 
 

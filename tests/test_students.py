@@ -9,7 +9,9 @@ import torch
 from transformers import AutoModelForSequenceClassification, GPT2Config
 
 from edge_distill.cost import MobileNetV1, artifact_mb, count_flops, count_params
+from edge_distill.cut import Cutter
 from edge_distill.errors import TeacherError
+from edge_distill.families import get_family
 from edge_distill.planner import cost_candidates, model_cost
 from edge_distill.students import build_student, layer_map, student_space, teacher_spec
 
@@ -80,8 +82,11 @@ def test_reference_workload_is_mobilenet_v1_sized() -> None:
 
 def test_candidates_cost_fewer_flops_and_params_than_teacher(teacher: torch.nn.Module) -> None:
     params, flops = model_cost(teacher, 32)
-    candidates = cost_candidates(teacher.config, seq_len=32)
-    assert all(c.params < params and c.flops < flops for c in candidates)
+    keep = torch.arange(0, teacher.config.vocab_size, 3)  # a domain using a third of the vocabulary
+    cutter = Cutter(teacher, get_family("sequence-classification"), keep=keep, unk_id=0)
+    candidates = cost_candidates(cutter, seq_len=32)
+    assert all(c.params < params and c.flops <= flops for c in candidates)
+    assert any(c.spec.vocab == len(keep) for c in candidates)
     assert artifact_mb(params) == pytest.approx(params * 4 / 2**20)
 
 

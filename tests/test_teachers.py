@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizer
+from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel, BertTokenizer
 
 from edge_distill import demo_teacher, teachers
 from edge_distill.data import Split, load_demo_data
@@ -111,11 +111,19 @@ def test_hub_id_unavailable_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert "--teacher DIR" in message
 
 
-def test_not_a_classifier(tmp_path: Path) -> None:
+def test_a_family_no_one_supports(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    folder = _save(tmp_path / "mlm", BertForMaskedLM(_config()))
+    with pytest.raises(TeacherError, match="is a BertForMaskedLM, which no supported family covers"):
+        load_teacher(folder)
+
+
+def test_a_base_encoder_loads_as_a_sentence_embedding_teacher(tmp_path: Path) -> None:
     torch.manual_seed(0)
     folder = _save(tmp_path / "encoder", BertModel(_config()))
-    with pytest.raises(TeacherError, match="is a BertModel, not a sequence classifier"):
-        load_teacher(folder)
+    assert load_teacher(folder).task == "sentence-embedding"
+    with pytest.raises(TeacherError, match=r"no trained weights for .*classifier"):
+        load_teacher(folder, task="sequence-classification")
 
 
 def test_classifier_config_without_head_weights(tmp_path: Path) -> None:
@@ -142,7 +150,7 @@ def test_config_with_default_labels_and_no_architecture(tmp_path: Path) -> None:
     config = json.loads((folder / "config.json").read_text())
     config.pop("architectures", None)
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(TeacherError, match="no classifier architecture or labels"):
+    with pytest.raises(TeacherError, match=r"no architectures or labels in config\.json"):
         load_teacher(folder)
 
 
