@@ -170,6 +170,7 @@ class Measurement:
     memory_mb: float
     size_mb: float
     ref_gflops: float
+    params: int | None = None  # with FLOPs, names the shape (a trimmed vocabulary has the same FLOPs)
 
 
 @dataclass
@@ -184,10 +185,17 @@ class LatencyModel:
     measurements: list[Measurement] = field(default_factory=list)
 
     def observe(
-        self, *, flops: int, host_ms: float, memory_mb: float, size_mb: float, ref_gflops: float
+        self,
+        *,
+        flops: int,
+        host_ms: float,
+        memory_mb: float,
+        size_mb: float,
+        ref_gflops: float,
+        params: int | None = None,
     ) -> Measurement:
         """Record a host measurement; later predictions calibrate on it."""
-        self.measurements.append(Measurement(flops, host_ms, memory_mb, size_mb, ref_gflops))
+        self.measurements.append(Measurement(flops, host_ms, memory_mb, size_mb, ref_gflops, params))
         return self.measurements[-1]
 
     def nearest(self, flops: int) -> Measurement | None:
@@ -196,9 +204,12 @@ class LatencyModel:
             return None
         return min(reversed(self.measurements), key=lambda m: abs(m.flops - flops))
 
-    def exact(self, flops: int) -> Measurement | None:
-        nearest = self.nearest(flops)
-        return nearest if nearest is not None and nearest.flops == flops else None
+    def exact(self, flops: int, params: int | None = None) -> Measurement | None:
+        """The latest measurement of this very model: same FLOPs, and same params when both are known."""
+        for m in reversed(self.measurements):
+            if m.flops == flops and (params is None or m.params is None or m.params == params):
+                return m
+        return None
 
     def device_ms(self, host_ms: float, ref_gflops: float) -> float:
         """A host latency scaled to the device by the reference workload's speed on each."""

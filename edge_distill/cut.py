@@ -27,7 +27,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from edge_distill.families import Family
-from edge_distill.students import StudentSpec, build_student, student_config, student_space, teacher_spec
+from edge_distill.students import SUPPORTED_FAMILIES, StudentSpec, student_config, teacher_spec
 from edge_distill.vocab import RemapIds, trim_vocabulary, used_tokens
 
 WIDTHS = ("prune", "slice")
@@ -60,18 +60,17 @@ class Cutter:
         """A cutter whose calibration set and kept vocabulary come from the training inputs."""
         if width not in WIDTHS:
             raise ValueError(f"width must be one of {', '.join(WIDTHS)}, got {width!r}")
-        ids = train_inputs["input_ids"]
         calibration = {k: v[:CALIBRATION_EXAMPLES] for k, v in train_inputs.items() if k != "labels"}
         keep = unk = None
         unk_token = getattr(tokenizer, "unk_token_id", None)
-        if trim_vocab and family.vocab and tokenizer is not None and unk_token is not None:
-            keep, unk = used_tokens(ids, tokenizer), int(unk_token)
+        if trim_vocab and family.vocab and unk_token is not None and "input_ids" in train_inputs:
+            keep, unk = used_tokens(train_inputs["input_ids"], tokenizer), int(unk_token)
         return cls(teacher, family, calibration, keep, unk, width)
 
     def space(self) -> list[StudentSpec]:
         """Every student this cutter can build, largest first (see ``students.student_space``)."""
         vocab = int(self.keep.numel()) if self.keep is not None else None
-        return student_space(self.teacher.config, vocab=vocab, widths=self.family.widths)
+        return self.family.space(self.teacher.config, vocab)
 
     def untrained(self, spec: StudentSpec) -> PreTrainedModel:
         """A randomly initialised student of ``spec``'s shape (costs and latency do not need weights)."""
@@ -88,12 +87,13 @@ class Cutter:
         full = teacher_spec(self.teacher.config)
         shape = (spec.hidden, spec.heads, spec.intermediate)
         narrower = shape != (full.hidden, full.heads, full.intermediate)
-        if narrower and self.width == "prune" and self.calibration is not None:
+        prunable = self.teacher.config.model_type in SUPPORTED_FAMILIES
+        if narrower and prunable and self.width == "prune" and self.calibration is not None:
             from edge_distill.pruning import build_pruned_student
 
             student = build_pruned_student(self.teacher, replace(spec, vocab=None), self.scores(), seed=seed)
         else:
-            student = build_student(self.teacher, spec, seed=seed)
+            student = self.family.build(self.teacher, replace(spec, vocab=None), seed=seed)
         return student.eval()
 
     def finish(self, student: PreTrainedModel, spec: StudentSpec) -> PreTrainedModel:

@@ -141,6 +141,18 @@ class Family:
         """Whether scoring needs the train split's outputs (a probe or a fitted map)."""
         return False
 
+    def space(self, config: Any, vocab: int | None) -> list[Any]:
+        """Student shapes cut from a teacher with ``config`` (``vocab``: token ids the domain uses)."""
+        from edge_distill.students import student_space
+
+        return student_space(config, vocab=vocab if self.vocab else None, widths=self.widths)
+
+    def build(self, teacher: nn.Module, spec: Any, *, seed: int = 0) -> nn.Module:
+        """A student of ``spec``'s shape holding the teacher's chosen layers and first units."""
+        from edge_distill.students import build_student
+
+        return build_student(teacher, spec, seed=seed)
+
 
 @dataclass(frozen=True)
 class Fit:
@@ -403,3 +415,13 @@ class ImageClassification(Family):
         from edge_distill.vision import ImageLogitsOnly
 
         return ImageLogitsOnly(model)
+
+    def space(self, config: Any, vocab: int | None) -> list[Any]:
+        from edge_distill.vision import vit_space
+
+        return vit_space(config)
+
+    def build(self, teacher: nn.Module, spec: Any, *, seed: int = 0) -> nn.Module:
+        from edge_distill.vision import vit_student
+
+        return vit_student(teacher, spec, seed=seed)

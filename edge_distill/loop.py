@@ -35,7 +35,7 @@ from edge_distill.trainer import TrainSettings
 from edge_distill.training import (
     candidate_message,
     checkpoint_dir,
-    class_labels,
+    data_labels,
     make_cutter,
     serve,
     tokenized,
@@ -173,7 +173,7 @@ def prepare(job: Job, work: Path, reporter: Reporter, coordinator: Coordinator |
         nothing_fits_before_training(ctx, ctx.candidates)
     ctx.teacher_logits, ctx.cache_info = teacher_outputs(job, inputs, reporter)
     teacher = ctx.teacher_logits
-    labels = class_labels(job, "test")
+    labels = data_labels(job, "test")
     measured = job.family.measure(teacher["test"], teacher["test"], labels, fit(ctx, teacher))
     ctx.teacher_info["metric"] = {"name": measured["name"], "split": "test", "value": measured["value"]}
     reporter.say(teacher_line(ctx))
@@ -184,7 +184,7 @@ def fit(ctx: Context, outputs: dict[str, torch.Tensor]) -> Fit | None:
     """What a probe or a fitted map learns from: ``outputs`` on the train split (None when not needed)."""
     if "train" not in outputs:
         return None
-    return Fit(outputs["train"], class_labels(ctx.job, "train"), ctx.teacher_logits.get("train"))
+    return Fit(outputs["train"], data_labels(ctx.job, "train"), ctx.teacher_logits.get("train"))
 
 
 def teacher_outputs(
@@ -226,7 +226,7 @@ def measure_teacher(ctx: Context) -> dict[str, Any]:
     """The teacher's cost on this host and (predicted) on the device; its metric is added later."""
     job = ctx.job
     params, flops = model_cost(job.teacher.model, job.sequence_length)
-    timed = time_unsaved(ctx, job.teacher.model, flops)
+    timed = time_unsaved(ctx, job.teacher.model, flops, params)
     timing = timed.profile
     return {
         "name": job.teacher.name,
@@ -240,7 +240,7 @@ def measure_teacher(ctx: Context) -> dict[str, Any]:
     }
 
 
-def time_on_host(ctx: Context, artifact: Path, flops: int) -> Timed:
+def time_on_host(ctx: Context, artifact: Path, flops: int, params: int | None = None) -> Timed:
     """Time ``artifact`` at batch 1 on this host, between two timings of the reference workload.
 
     The device latency is predicted from the ratio of the two, so the reference is timed right beside
@@ -255,17 +255,18 @@ def time_on_host(ctx: Context, artifact: Path, flops: int) -> Timed:
         memory_mb=timing.peak_memory_mb,
         size_mb=timing.size_mb,
         ref_gflops=(before.gflops + after.gflops) / 2,
+        params=params,
     )
     ctx.references += [before.as_dict(), after.as_dict()]
     return Timed(timing, measurement)
 
 
-def time_unsaved(ctx: Context, model: torch.nn.Module, flops: int) -> Timed:
+def time_unsaved(ctx: Context, model: torch.nn.Module, flops: int, params: int | None = None) -> Timed:
     """Export ``model`` to a temporary artifact and time it (the teacher, an untrained probe)."""
     with tempfile.TemporaryDirectory() as tmp:
         module = export_module(ctx.job.family, model)
         artifact = get_target(ctx.job.target).export(module, batch_one(ctx), Path(tmp))
-        return time_on_host(ctx, artifact, flops)
+        return time_on_host(ctx, artifact, flops, params)
 
 
 def latency_fields(ctx: Context, timed: Timed) -> dict[str, Any]:
@@ -331,7 +332,7 @@ def choose(ctx: Context, candidates: list[Candidate], ceilings: dict[str, float]
     """
     while True:
         candidate = pick(candidates, ctx.job.budget, ctx.latency, ceilings=ceilings)
-        if candidate is None or not ctx.job.probe or ctx.latency.exact(candidate.flops):
+        if candidate is None or not ctx.job.probe or ctx.latency.exact(candidate.flops, candidate.params):
             return candidate
         probe(ctx, candidate)
 
@@ -339,7 +340,7 @@ def choose(ctx: Context, candidates: list[Candidate], ceilings: dict[str, float]
 def probe(ctx: Context, candidate: Candidate) -> None:
     """Export an untrained copy of ``candidate`` and time it on this host (also proves it exports)."""
     job = ctx.job
-    timed = time_unsaved(ctx, ctx.cutter.untrained(candidate.spec), candidate.flops)
+    timed = time_unsaved(ctx, ctx.cutter.untrained(candidate.spec), candidate.flops, candidate.params)
     timing, fields = timed.profile, latency_fields(ctx, timed)
     fits = not misses(predict(candidate, ctx.latency), job.budget)
     ctx.probes.append(
@@ -408,7 +409,7 @@ def run_round(ctx: Context, candidate: Candidate, *, index: int) -> dict[str, An
     held_out = {k: v[: job.parity_examples] for k, v in model_inputs(ctx.inputs["test"]).items()}
     parity = check_parity(get_target(job.target), artifact, wrapped, held_out)
     reporter.say(f"  exported {job.target}, parity ok (max abs diff {parity.max_abs_diff:.2e})")
-    timed = time_on_host(ctx, artifact, candidate.flops)
+    timed = time_on_host(ctx, artifact, candidate.flops, candidate.params)
     record = round_record(ctx, candidate, index, predicted, result.train, measured, timed)
     record["val"] = {k: v for k, v in result.metrics.items()}
     record.update(parity=parity.as_dict(), artifact=str(artifact.relative_to(ctx.work)))
@@ -429,7 +430,7 @@ def measure_student(ctx: Context, student: torch.nn.Module) -> dict[str, Any]:
     outputs = {"test": family.reference(student, ctx.inputs["test"])}
     if "train" in teacher:  # a probe or fitted map learns from the student's own train outputs
         outputs["train"] = family.reference(student, ctx.inputs["train"])
-    labels = class_labels(ctx.job, "test")
+    labels = data_labels(ctx.job, "test")
     measured = family.measure(outputs["test"], teacher["test"], labels, fit(ctx, outputs))
     return {"split": "test", **measured}
 

@@ -90,7 +90,7 @@ def predicted_misses(candidate: Candidate, budget: Budget, latency: LatencyModel
 
 def predict(candidate: Candidate, latency: LatencyModel) -> dict[str, float]:
     """Device latency, runtime memory and artifact size: measured figures where this shape was probed."""
-    probed = latency.exact(candidate.flops)
+    probed = latency.exact(candidate.flops, candidate.params)
     if probed is not None:
         return {
             "latency_ms": latency.device_ms(probed.host_ms, probed.ref_gflops),

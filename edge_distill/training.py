@@ -34,13 +34,20 @@ def tokenized(job: Job) -> Inputs:
     return {name: encode(job.teacher.tokenizer, s.texts, job.sequence_length) for name, s in splits.items()}
 
 
+def data_labels(job: Job, split: str) -> torch.Tensor | None:
+    """The data's labels on ``split`` (None for unlabelled data)."""
+    return torch.as_tensor(getattr(job.data, split).labels) if job.data.labeled else None
+
+
 def class_labels(job: Job, split: str, teacher_reference: torch.Tensor | None = None) -> torch.Tensor | None:
-    """A classifier's labels on ``split``: the data's, or on unlabelled data the teacher's top-1."""
+    """What a classifier trains toward on ``split``: the data's labels, or on unlabelled data the
+    teacher's top-1 (None for other families, whose labels are not class ids they output)."""
     if not job.family.classifies:
         return None
-    if job.data.labeled:
-        return torch.as_tensor(getattr(job.data, split).labels)
-    return None if teacher_reference is None else teacher_reference.argmax(-1)
+    labels = data_labels(job, split)
+    if labels is None and teacher_reference is not None:
+        return teacher_reference.argmax(-1)
+    return labels
 
 
 def train_candidate(
