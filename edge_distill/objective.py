@@ -104,9 +104,11 @@ class Term(nn.Module):
         values = []
         for pair_loss, (sp, tp) in zip(self.losses, self.pairs, strict=True):
             if self.family in FEATURE:
-                values.append(pair_loss(s.hidden[sp], t.hidden[tp], mask))
-            else:
-                values.append(pair_loss(s.attentions[_layer_index(sp)], t.attentions[_layer_index(tp)], mask))
+                raw_s, raw_t = s.hidden[sp], t.hidden[tp]
+                spatial = raw_s.dim() == 4 or raw_t.dim() == 4  # image positions: the token mask is moot
+                values.append(
+                    pair_loss(feature_tokens(raw_s), feature_tokens(raw_t), None if spatial else mask)
+                )
         return torch.stack(values).mean()
 
     def _response(self, s: Views, t: Views) -> tuple[torch.Tensor, torch.Tensor]:
@@ -280,12 +282,21 @@ def _needs(terms: Sequence[Term]) -> tuple[Need, Need]:
     )
 
 
+def feature_tokens(features: torch.Tensor) -> torch.Tensor:
+    """A conv feature map (batch, C, H, W) as (batch, H*W, C) tokens, so that feature losses compare (and
+    project) channels at every position, as FitNets' 1x1 regressor does; other shapes pass through."""
+    return features.flatten(2).transpose(1, 2) if features.dim() == 4 else features
+
+
 def probe_widths(objective: Objective, s: Views, t: Views) -> dict[str, Any]:
     """Per term, the (student_dim, teacher_dim) read from one probe forward pass of each model."""
     widths: dict[str, Any] = {}
     for term in objective.terms:
         if term.family in FEATURE:
-            widths[term.name] = [(s.hidden[sp].shape[-1], t.hidden[tp].shape[-1]) for sp, tp in term.pairs]
+            widths[term.name] = [
+                (feature_tokens(s.hidden[sp]).shape[-1], feature_tokens(t.hidden[tp]).shape[-1])
+                for sp, tp in term.pairs
+            ]
         elif term.family in EMBEDDING:
             widths[term.name] = (s.embedding.shape[-1], t.embedding.shape[-1])
     return widths

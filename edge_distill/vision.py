@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 from transformers import PretrainedConfig, ViTForImageClassification
 
@@ -241,12 +242,13 @@ class ConvBlock(nn.Sequential):
         )
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(nn.Module, PyTorchModelHubMixin):
     """A torchvision-style CNN in plain torch: conv-bn-relu blocks, global average pool, linear head.
 
     ``channels`` are the base widths of the blocks (every block after the first has stride 2), scaled by
     ``width`` (at least one channel each). ``forward(pixel_values)`` returns logits (batch, num_labels);
-    block i is the module ``blocks.<i>`` (a tap path), output (batch, C_i, H_i, W_i).
+    block i is the module ``blocks.<i>`` (a tap path), output (batch, C_i, H_i, W_i). Saves and reloads
+    with ``save_pretrained`` / ``from_pretrained`` (huggingface_hub's mixin: config.json + safetensors).
 
     Example:
         >>> SmallCNN(channels=(8, 16), num_labels=10)(pixel_values=torch.randn(2, 3, 16, 16)).shape
