@@ -109,6 +109,8 @@ class Term(nn.Module):
                 values.append(
                     pair_loss(feature_tokens(raw_s), feature_tokens(raw_t), None if spatial else mask)
                 )
+            else:
+                values.append(pair_loss(s.attentions[_layer_index(sp)], t.attentions[_layer_index(tp)], mask))
         return torch.stack(values).mean()
 
     def _response(self, s: Views, t: Views) -> tuple[torch.Tensor, torch.Tensor]:
