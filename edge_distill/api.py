@@ -105,6 +105,7 @@ def make_job(
     task: str | None = None,
     width: str = "prune",
     trim_vocab: bool = True,
+    teacher_text: int = 0,
     seq_len: int | None = None,
     max_rounds: int = 4,
     max_per_class: int | None = None,
@@ -118,6 +119,8 @@ def make_job(
     """Load the teacher and data (the demo when neither is given) into a Job for ``profile``."""
     out_dir = out_dir or default_out_dir(profile)
     check_out_dir(out_dir)  # before minutes of loading, not after
+    if teacher_text < 0:
+        raise EdgeDistillError(f"--teacher-text must be 0 or more, got {teacher_text}; fix the value.")
     if width not in ("prune", "slice"):
         raise EdgeDistillError(f"--width must be 'prune' or 'slice', not {width!r}; pick one.")
     if scheme not in ("offline", "online"):
@@ -139,6 +142,11 @@ def make_job(
         seed=train.seed,
         reporter=reporter,
     )
+    if teacher_text and loaded.task != "causal-lm":
+        raise EdgeDistillError(
+            f"--teacher-text asks a causal LM to write training text, and this teacher is a {loaded.task} "
+            "model; drop --teacher-text."
+        )
     return Job(
         profile=profile,
         budget=budget,
@@ -155,6 +163,7 @@ def make_job(
         resume=resume,
         width=width,
         trim_vocab=trim_vocab,
+        teacher_text=teacher_text,
     )
 
 

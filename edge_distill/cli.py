@@ -62,6 +62,14 @@ def run_parser() -> argparse.ArgumentParser:
         help="narrower students keep the most important heads, neurons and channels (prune) or the first",
     )
     parser.add_argument(
+        "--teacher-text",
+        type=int,
+        default=0,
+        metavar="N",
+        help="causal LMs: the teacher writes N training texts continuing training prompts, and the student "
+        "trains on them too (sequence-level KD; written once, cached)",
+    )
+    parser.add_argument(
         "--no-vocab-trim",
         action="store_true",
         help="keep the teacher's whole vocabulary (by default students trimmed to the data's tokens are "
@@ -273,6 +281,7 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
         task=args.task,
         width=args.width,
         trim_vocab=not args.no_vocab_trim,
+        teacher_text=args.teacher_text,
         seq_len=args.seq_len,
         max_rounds=args.max_rounds,
         max_per_class=args.max_per_class,

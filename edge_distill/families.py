@@ -141,6 +141,10 @@ class Family:
         """Whether scoring needs the train split's outputs (a probe or a fitted map)."""
         return False
 
+    def speed(self, model: nn.Module, tokenizer: Any, prompt: str) -> dict[str, Any] | None:
+        """Generation speed where the family generates (None otherwise)."""
+        return None
+
     def space(self, config: Any, vocab: int | None) -> list[Any]:
         """Student shapes cut from a teacher with ``config`` (``vocab``: token ids the domain uses)."""
         from edge_distill.students import student_space
@@ -374,6 +378,15 @@ class CausalLM(Family):
     def score(self, outputs: torch.Tensor, labels: torch.Tensor | None, fit: Fit | None = None) -> float:
         nll, real = outputs[..., 0], outputs[..., 0] != 0
         return math.exp(float(nll.sum() / real.sum().clamp_min(1))) if real.any() else float("nan")
+
+    def speed(self, model: nn.Module, tokenizer: Any, prompt: str) -> dict[str, Any] | None:
+        from edge_distill.lm import tokens_per_second
+
+        rate = tokens_per_second(model, tokenizer, prompt, new_tokens=32)
+        return {
+            "tokens_per_s": round(rate, 1),
+            "source": "measured-host: PyTorch, greedy, batch 1, 32 tokens",
+        }
 
     def agreement(self, student: torch.Tensor, teacher: torch.Tensor, fit: Fit | None = None) -> float | None:
         real = teacher[..., 0] != 0

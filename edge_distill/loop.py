@@ -33,6 +33,7 @@ from edge_distill.targets.base import check_parity, get_target
 from edge_distill.teachers import Teacher
 from edge_distill.trainer import TrainSettings
 from edge_distill.training import (
+    PROMPT_WORDS,
     candidate_message,
     checkpoint_dir,
     data_labels,
@@ -91,6 +92,7 @@ class Job:
     resume: bool = False  # continue interrupted training from its last epoch checkpoint
     width: str = "prune"  # narrower students keep the most important units ("slice": the first ones)
     trim_vocab: bool = True  # the space also holds students trimmed to the training data's tokens
+    teacher_text: int = 0  # causal LMs: texts the teacher writes for sequence-level KD
 
     @property
     def sequence_length(self) -> int:
@@ -162,7 +164,7 @@ def prepare(job: Job, work: Path, reporter: Reporter, coordinator: Coordinator |
     A budget that no candidate can meet is found before the teacher runs over the data.
     """
     seq_len = job.sequence_length
-    inputs = tokenized(job)
+    inputs = tokenized(job, reporter.say)
     device = job.profile.throughput_for("fp32")
     latency = LatencyModel(device_gflops=None if job.profile.measured or device is None else device.gflops)
     ctx = Context(job, work, inputs, {}, {}, latency, reporter, {}, coordinator or Coordinator())
@@ -176,8 +178,18 @@ def prepare(job: Job, work: Path, reporter: Reporter, coordinator: Coordinator |
     labels = data_labels(job, "test")
     measured = job.family.measure(teacher["test"], teacher["test"], labels, fit(ctx, teacher))
     ctx.teacher_info["metric"] = {"name": measured["name"], "split": "test", "value": measured["value"]}
+    if job.teacher_text:
+        ctx.cache_info["teacher_text"] = {"texts": job.teacher_text, "prompt_words": PROMPT_WORDS}
+    speed = job.family.speed(job.teacher.model, job.teacher.tokenizer, prompt(job))
+    if speed is not None:
+        ctx.teacher_info["generation"] = speed
     reporter.say(teacher_line(ctx))
     return ctx
+
+
+def prompt(job: Job) -> str:
+    """The opening words of the first test text: the prompt generation speed is timed on."""
+    return " ".join(job.data.test.texts[0].split()[:PROMPT_WORDS]) if len(job.data.test) else "The"
 
 
 def fit(ctx: Context, outputs: dict[str, torch.Tensor]) -> Fit | None:
@@ -432,7 +444,8 @@ def measure_student(ctx: Context, student: torch.nn.Module) -> dict[str, Any]:
         outputs["train"] = family.reference(student, ctx.inputs["train"])
     labels = data_labels(ctx.job, "test")
     measured = family.measure(outputs["test"], teacher["test"], labels, fit(ctx, outputs))
-    return {"split": "test", **measured}
+    speed = family.speed(student, ctx.job.teacher.tokenizer, prompt(ctx.job))
+    return {"split": "test", **measured, **({"generation": speed} if speed else {})}
 
 
 def round_record(
@@ -452,7 +465,7 @@ def round_record(
         "size_mb": timing.size_mb,
     }
     missed = misses(costs, ctx.job.budget)
-    metric = {k: v for k, v in measured.items() if k != "agreement"}
+    metric = {k: v for k, v in measured.items() if k not in ("agreement", "generation")}
     return {
         "round": index,
         "student": {**candidate.spec.as_dict(), "params": candidate.params, "flops": candidate.flops},
@@ -467,6 +480,7 @@ def round_record(
         "metric": metric,
         "retention": ctx.job.family.retention(metric["value"], ctx.teacher_info["metric"]["value"]),
         "agreement": measured["agreement"],
+        **({"generation": measured["generation"]} if "generation" in measured else {}),
         "train": trained.as_dict(),
         "fits": not missed,
         "misses": [m.as_dict() for m in missed],

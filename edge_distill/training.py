@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from edge_distill.cache import cache_key, cache_root
+from edge_distill.cache import TeacherCache, cache_key, cache_root
 from edge_distill.cut import Cutter
 from edge_distill.distributed import Coordinator
 from edge_distill.engine import DistillResult, distill
@@ -27,11 +27,46 @@ if TYPE_CHECKING:
 Inputs = dict[str, dict[str, torch.Tensor]]
 
 
-def tokenized(job: Job) -> Inputs:
-    """Every split of the job's data as the teacher's family takes it, at the job's sequence length."""
+def tokenized(job: Job, say: Callable[[str], None] = lambda text: None) -> Inputs:
+    """Every split of the job's data as the teacher's family takes it, at the job's sequence length.
+
+    With ``job.teacher_text`` the training split also holds that many texts the teacher wrote itself.
+    """
     splits = {"train": job.data.train, "val": job.data.val, "test": job.data.test}
     encode = job.family.encode
-    return {name: encode(job.teacher.tokenizer, s.texts, job.sequence_length) for name, s in splits.items()}
+    inputs = {name: encode(job.teacher.tokenizer, s.texts, job.sequence_length) for name, s in splits.items()}
+    written = teacher_text(job, say)
+    if written is not None:
+        inputs["train"] = {k: torch.cat([v, written[k]]) for k, v in inputs["train"].items()}
+    return inputs
+
+
+PROMPT_WORDS = 8  # a teacher-written text continues the first words of a training text
+
+
+def teacher_text(job: Job, say: Callable[[str], None]) -> dict[str, torch.Tensor] | None:
+    """Sequence-level KD (Kim & Rush, 2016; the recipe of DeepSeek-R1's distilled models): the teacher
+    continues the opening words of training texts, sampling from its own distribution, and the student
+    trains on what it wrote. Written once per (teacher, data, settings), then read from the cache."""
+    if not job.teacher_text:
+        return None
+    from edge_distill.lm import generate_corpus
+
+    texts = job.data.train.texts
+    prompts = [" ".join(texts[i % len(texts)].split()[:PROMPT_WORDS]) for i in range(job.teacher_text)]
+    settings = {"teacher_text": job.teacher_text, "seq_len": job.sequence_length, "seed": job.train.seed}
+    key = cache_key(job.teacher.fingerprint(), job.data.fingerprint(), settings)
+
+    def write() -> dict[str, torch.Tensor]:
+        say(f"The teacher writes {job.teacher_text} training texts once (sequence-level KD; cached)")
+        tokenizer = job.teacher.tokenizer
+        corpus = generate_corpus(
+            job.teacher.model, tokenizer, prompts, max_new_tokens=job.sequence_length, seed=job.train.seed
+        )
+        return job.family.encode(tokenizer, corpus, job.sequence_length)
+
+    written, _ = TeacherCache(cache_root() / "teacher-text").get_or_compute(key, write)
+    return written
 
 
 def data_labels(job: Job, split: str) -> torch.Tensor | None:
@@ -112,6 +147,7 @@ def checkpoint_dir(job: Job, spec: StudentSpec) -> Path:
             "scheme": job.scheme,
             "seq_len": job.sequence_length,
             "top_k": job.top_k,
+            "teacher_text": job.teacher_text,
         },
     )
     return cache_root() / "checkpoints" / key[:32]

@@ -68,8 +68,10 @@ def test_causal_lm_teacher_is_scored_by_perplexity(tmp_path: Path, capsys) -> No
     teacher = llama_folder(tmp_path / "teacher")
     data = text_file(tmp_path / "corpus.csv", labels=False)
     out = tmp_path / "run"
-    code, stdout, err = run(capsys, *FAST, "--teacher", str(teacher), "--data", str(data), "--out", str(out))
+    args = [*FAST, "--teacher", str(teacher), "--data", str(data), "--out", str(out), "--teacher-text", "12"]
+    code, stdout, err = run(capsys, *args)
     assert code == 0, err
+    assert "The teacher writes 12 training texts once" in stdout
     report = json.loads((out / "report.json").read_text())
     winner = report["rounds"][-1]
     assert winner["metric"]["name"] == "perplexity" and winner["metric"]["value"] > 1.0
@@ -79,6 +81,38 @@ def test_causal_lm_teacher_is_scored_by_perplexity(tmp_path: Path, capsys) -> No
     assert 0.0 <= winner["agreement"] <= 1.0  # next-token top-1 agreement
     assert load_teacher(out / "student").task == "causal-lm"
     assert "ppl" in stdout
+    assert report["teacher_outputs"]["teacher_text"]["texts"] == 12
+    assert winner["train"]["steps"] == 4  # one epoch over 48 training texts + 12 written ones, batch 16
+    assert report["teacher"]["generation"]["tokens_per_s"] > 0 and winner["generation"]["tokens_per_s"] > 0
+
+
+def test_teacher_written_texts_are_written_once_and_cached(tmp_path: Path) -> None:
+    from edge_distill.api import resolve_device
+    from edge_distill.data import load_text_file
+    from edge_distill.loop import Job
+    from edge_distill.training import tokenized
+
+    profile, budget = resolve_device("host")
+    teacher = load_teacher(llama_folder(tmp_path / "teacher"))
+    data = load_text_file(text_file(tmp_path / "corpus.csv", labels=False), label_column=None)
+    job = Job(profile, budget, teacher, data, tmp_path / "run", seq_len=16, teacher_text=5)
+    said: list[str] = []
+    first, second = tokenized(job, said.append), tokenized(job, said.append)
+    assert len(first["train"]["input_ids"]) == len(data.train) + 5
+    assert said == ["The teacher writes 5 training texts once (sequence-level KD; cached)"]  # once
+    torch.testing.assert_close(first["train"], second["train"])
+    written = teacher.tokenizer.batch_decode(first["train"]["input_ids"][-5:], skip_special_tokens=True)
+    openings = [" ".join(t.split()[:8]) for t in data.train.texts[:5]]
+    assert all(text.startswith(opening) for text, opening in zip(written, openings, strict=True))
+
+
+def test_teacher_text_needs_a_causal_lm(tmp_path: Path, capsys) -> None:
+    teacher = classifier_folder(tmp_path / "teacher")
+    data = text_file(tmp_path / "data.csv", labels=True)
+    args = [*FAST, "--teacher", str(teacher), "--data", str(data), "--teacher-text", "4"]
+    code, _, err = run(capsys, *args, "--out", str(tmp_path / "run"))
+    assert code == 2 and "--teacher-text" in err and "causal LM" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_unlabelled_data_uses_the_teachers_predictions(tmp_path: Path, capsys) -> None:
