@@ -47,13 +47,15 @@ class StudentSpec:
     @property
     def label(self) -> str:
         base = f"{self.layers} layer{'s' if self.layers > 1 else ''} x {self.hidden}"
-        return base if self.vocab is None else f"{base}, vocab {self.vocab / 1000:.1f}k"
+        return base if self.vocab is None else f"{base}, vocab {self.vocab:,}"
 
     @property
     def short(self) -> str:
         """Compact form for tables: ``6x96`` or ``6x96/v12.9k``."""
         base = f"{self.layers}x{self.hidden}"
-        return base if self.vocab is None else f"{base}/v{self.vocab / 1000:.1f}k"
+        if self.vocab is None:
+            return base
+        return f"{base}/v{self.vocab / 1000:.1f}k" if self.vocab >= 1000 else f"{base}/v{self.vocab}"
 
     def as_dict(self) -> dict[str, int]:
         shape = {
