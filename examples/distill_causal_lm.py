@@ -19,23 +19,24 @@ fp32 by transformers). The student keeps a quarter of its decoder layers (8 of 3
 ``kd + ce``; ``token`` is kd on the real text only; ``sequence`` is ce on the teacher's text only.
 Every tenth article (sorted by path, duplicates removed from training) is held out for perplexity.
 
-MEASURED (the defaults; 2 CPU cores that other jobs shared: load average about 5.7, this run got about
-0.7 of a core, so an idle 2-core machine takes roughly a third of these times):
+MEASURED (the defaults, seed 0, on 2 CPU cores that other jobs shared: load average 4.4 to 9.1, so the
+times are 2-3x an idle machine's; the run used 27 CPU-minutes in all):
 
 * teacher SmolLM2-135M-Instruct.Q4_1: 134,515,008 params (513 MB fp32), 30 layers;
 * student, 8 layers (3, 7, 10, 14, 18, 21, 25, 29): 56,632,896 params (216 MB fp32), size ratio 2.38x
   (the tied 49,152 x 576 embedding, 28.3M params, stays whole);
-* held-out perplexity (12 articles, 4,699 tokens): teacher 43.8; cut student 1.6e7 -> distilled 994;
-* training: 211 article pieces + 48 teacher-written texts (64 new tokens each), 2 epochs, 66 steps of
-  8 x 128 tokens, bf16 autocast, top-64 cache: 1,233 s including the teacher's cache pass;
-* greedy tokens/s (batch 1, on the loaded machine): teacher 1.8, student 3.8 (2.1x);
+* held-out perplexity (12 articles, 4,699 tokens): teacher 43.8; cut student 1.6e7 -> distilled 774
+  (with --batch-size 8, half the steps for the same compute: 994);
+* training: 211 article pieces + 48 teacher-written texts (64 new tokens each), 2 epochs, 130 steps of
+  4 x 128 tokens, bf16 autocast, top-64 cache: 1,505 s including the teacher's cache pass;
+* greedy tokens/s (batch 1, on the loaded machine): teacher 2.5, student 6.5 (2.6x);
 * vocabulary trimming (measured, not applied): the training text uses 5,147 tokens, which would leave the
   student 31.3M params, but 15% of the held-out tokens fall outside them and would become UNK;
-* wall time 2,068 s.
+* wall time 2,316 s.
 
 An 8-of-30 cut starts far from the teacher whichever layers it keeps (first 4 + last 4: perplexity 2.3e5),
-and 66 steps repair only part of that: for a usable student train longer (--train-articles, --epochs) or
-keep more layers (--layers).
+and 130 small steps repair only part of that: for a usable student train longer (--train-articles,
+--epochs) or keep more layers (--layers).
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class Config:
     held_out_articles: int = 12
     seq_len: int = 128
     epochs: int = 2
-    batch_size: int = 8
+    batch_size: int = 4  # more steps for the same compute: the cut student needs many updates
     lr: float = 1e-3  # high for fine-tuning: the cut student starts far off (SmolLM2 30 -> 8: ppl ~1e7)
     top_k: int = 64
     prompts: int = 48
