@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -29,20 +30,68 @@ if TYPE_CHECKING:
 OUTPUT_NAME = "output"
 
 
+# Every precision a target may offer. int8 is static (activations calibrated on held-out training examples);
+# int8-dynamic quantizes weights ahead of time and activations at run time; palettized is Core ML's k-means
+# weight palettes.
+PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic", "palettized")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """What an artifact of one precision must achieve against the PyTorch fp32 model; None: not gated."""
+
+    atol: float | None = None  # max abs difference of the output
+    min_top1: float | None = None  # top-1 agreement with PyTorch
+    max_metric_drop: float | None = None  # task metric (a fraction, 0.01 = 1 point) below PyTorch's
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+TOLERANCES = {
+    "fp32": Tolerance(atol=1e-4, min_top1=1.0),
+    "fp16": Tolerance(atol=1e-2),
+    "int8": Tolerance(max_metric_drop=0.01),
+    "int8-dynamic": Tolerance(max_metric_drop=0.01),
+    "palettized": Tolerance(max_metric_drop=0.01),
+}
+
+
 @runtime_checkable
 class Target(Protocol):
-    """An export backend: writes an artifact, and loads and runs it in its own runtime."""
+    """An export backend: writes an artifact in one precision, and loads and runs it in its own runtime.
+
+    ``example`` and ``calibration`` map forward's parameter names to tensors with the batch first;
+    ``calibration`` holds held-out training examples (never the test split) for static quantization.
+    """
 
     name: str  # registry key, e.g. "onnx"
-    extension: str  # artifact suffix, e.g. ".onnx"
+    extension: str  # artifact suffix, e.g. ".onnx" (".mlpackage" is a folder)
     runtime: str  # what runs the artifact, e.g. "onnxruntime"
+    precisions: tuple[str, ...]  # a subset of PRECISIONS, fp32 (or the default) first
 
     def available(self) -> bool:
-        """True when the exporter and the runtime are installed here."""
+        """True when the exporter is installed here."""
         ...
 
-    def export(self, model: torch.nn.Module, example: dict[str, torch.Tensor], out_dir: Path) -> Path:
-        """Write ``out_dir/model<extension>`` atomically; batch dim dynamic; failure -> ExportError."""
+    def unverifiable_reason(self) -> str | None:
+        """None when this host can run the artifacts; else why not (Core ML prediction needs macOS)."""
+        ...
+
+    def export(
+        self,
+        model: torch.nn.Module,
+        example: dict[str, torch.Tensor],
+        out_dir: Path,
+        *,
+        precision: str = "fp32",
+        calibration: dict[str, torch.Tensor] | None = None,
+    ) -> Path:
+        """Write ``out_dir/model<extension>`` atomically; failure -> ExportError naming the op and target."""
+        ...
+
+    def inspect(self, path: Path) -> dict[str, Any]:
+        """What can be checked without running: the signature, the ops, what was delegated (JSON-able)."""
         ...
 
     def load(self, path: Path) -> Any:
@@ -50,8 +99,26 @@ class Target(Protocol):
         ...
 
     def run(self, session: Any, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        """The model's single output for one batch of inputs."""
+        """The model's single output for one batch of inputs (any batch size)."""
         ...
+
+
+def check_precision(target: Target, precision: str) -> None:
+    """Raise ExportError naming what ``target`` offers when it does not export ``precision``."""
+    if precision not in target.precisions:
+        raise ExportError(
+            f"The {target.name} target has no {precision!r} precision; "
+            f"use one of {', '.join(target.precisions)}."
+        )
+
+
+def require_calibration(target: Target, precision: str, calibration: dict[str, Any] | None) -> None:
+    """Raise ExportError when a statically quantized export gets no calibration examples."""
+    if not calibration or not any(int(v.shape[0]) for v in calibration.values()):
+        raise ExportError(
+            f"The {target.name} target needs calibration examples for {precision}; pass held-out training "
+            "examples as `calibration` (the CLI takes them from --data)."
+        )
 
 
 TARGETS: Registry[type[Target]] = Registry("target")
@@ -118,6 +185,131 @@ def check_parity(
         error.parity = parity  # type: ignore[attr-defined]
         raise error
     return parity
+
+
+@dataclass(frozen=True)
+class Metric:
+    """The task metric computed on a batch of outputs (n, ...) -> float, higher is better."""
+
+    name: str  # e.g. "accuracy"
+    compute: Callable[[np.ndarray], float]
+
+
+@dataclass(frozen=True)
+class Verification:
+    """How an artifact of one precision was checked against the PyTorch model, and what it achieved.
+
+    ``status`` is ``verified`` when the artifact ran in its runtime here and met its precision's tolerance,
+    or ``unverified on this host`` (with ``reason``) when this host cannot run it: never verified then.
+    """
+
+    target: str
+    precision: str
+    status: str
+    reason: str | None
+    n: int
+    tolerance: dict[str, Any]
+    max_abs_diff: float | None = None
+    top1_agreement: float | None = None
+    metric: str | None = None
+    metric_pytorch: float | None = None
+    metric_artifact: float | None = None
+
+    @property
+    def verified(self) -> bool:
+        return self.status == VERIFIED
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+VERIFIED = "verified"
+UNVERIFIED = "unverified on this host"
+
+
+def verify(
+    target: Target,
+    artifact: Path,
+    model: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    *,
+    precision: str = "fp32",
+    metric: Metric | None = None,
+    batch_size: int = 32,
+) -> Verification:
+    """Run ``inputs`` through the artifact and through the fp32 ``model``; hold them to ``precision``'s
+    tolerance (TOLERANCES). The task metric is computed on both sides' outputs; without ``metric`` it is
+    top-1 agreement with PyTorch (PyTorch's own is 1.0).
+
+    Raises ParityError naming the output and the gap when the artifact misses the tolerance. A host that
+    cannot run the artifact (``target.unverifiable_reason()``) gives status ``unverified on this host``.
+
+    Example:
+        >>> verify(get_target("onnx"), path, student, held_out, precision="int8", metric=accuracy).status
+        'verified'
+    """
+    tolerance = TOLERANCES[precision]
+    n = _batch_len(inputs)
+    reason = target.unverifiable_reason()
+    if reason is not None:
+        return Verification(target.name, precision, UNVERIFIED, reason, n, tolerance.as_dict())
+    artifact = Path(artifact)
+    try:
+        session = target.load(artifact)
+        expected, actual = _outputs(target, session, model, inputs, batch_size)
+    except (DeviceError, ExportError) as exc:
+        raise ParityError(f"The {target.name} artifact {artifact.name} could not be checked: {exc}") from exc
+    atol = np.inf if tolerance.atol is None else tolerance.atol
+    parity = _compare(expected, actual, n=n, atol=atol, min_top1=tolerance.min_top1 or 0.0)
+    if metric is None:
+        metric = Metric("top-1 agreement", lambda out: _top1(expected, out))
+    result = Verification(
+        target.name,
+        precision,
+        VERIFIED,
+        None,
+        n,
+        tolerance.as_dict(),
+        max_abs_diff=parity.max_abs_diff,
+        top1_agreement=parity.top1_agreement,
+        metric=metric.name,
+        metric_pytorch=float(metric.compute(expected)),
+        metric_artifact=float(metric.compute(actual)),
+    )
+    gap = _tolerance_gap(result, tolerance)
+    if gap is not None:
+        error = ParityError(
+            f"The {target.name} {precision} artifact {artifact.name} misses its tolerance on output "
+            f"{OUTPUT_NAME!r} over {n} inputs: {gap}; export a higher precision, calibrate on more "
+            "examples, or distill longer so the student's margins survive quantization."
+        )
+        error.verification = result  # type: ignore[attr-defined]
+        raise error
+    return result
+
+
+def _top1(expected: np.ndarray, actual: np.ndarray) -> float:
+    if expected.ndim < 2:
+        return 1.0
+    return float(np.mean(np.argmax(expected, axis=-1) == np.argmax(actual, axis=-1)))
+
+
+def _tolerance_gap(result: Verification, tolerance: Tolerance) -> str | None:
+    """The first way ``result`` misses ``tolerance``, as words with the numbers; None when it holds."""
+    diff, top1 = result.max_abs_diff, result.top1_agreement
+    if tolerance.atol is not None and diff is not None and not diff <= tolerance.atol:
+        return f"max abs difference {diff:.3g} > {tolerance.atol:g}"
+    if tolerance.min_top1 is not None and top1 is not None and top1 < tolerance.min_top1:
+        return f"top-1 agreement {top1:.1%} < {tolerance.min_top1:.0%}"
+    if tolerance.max_metric_drop is not None:
+        drop = (result.metric_pytorch or 0.0) - (result.metric_artifact or 0.0)
+        if drop > tolerance.max_metric_drop + 1e-9:
+            return (
+                f"{result.metric} {result.metric_artifact:.4f} vs {result.metric_pytorch:.4f} in PyTorch "
+                f"fp32, "
+                f"{100 * drop:.1f} points lower (at most {100 * tolerance.max_metric_drop:g} allowed)"
+            )
+    return None
 
 
 def _batch_len(inputs: dict[str, Any]) -> int:

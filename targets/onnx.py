@@ -31,7 +31,7 @@ import numpy as np
 from edge_distill.errors import DeviceError, ExportError
 
 from . import runner
-from .base import OUTPUT_NAME
+from .base import OUTPUT_NAME, check_precision
 
 if TYPE_CHECKING:
     import torch
@@ -52,6 +52,7 @@ class OnnxTarget:
     name = "onnx"
     extension = ".onnx"
     runtime = "onnxruntime"
+    precisions = ("fp32",)
 
     def __init__(self, *, opset: int | None = None, threads: int | None = None) -> None:
         self.opset = opset  # None: the exporter's recommended opset
@@ -60,8 +61,20 @@ class OnnxTarget:
     def available(self) -> bool:
         return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxscript", "onnxruntime"))
 
-    def export(self, model: torch.nn.Module, example: dict[str, torch.Tensor], out_dir: Path) -> Path:
+    def unverifiable_reason(self) -> str | None:
+        return None  # onnxruntime runs everywhere this package installs
+
+    def export(
+        self,
+        model: torch.nn.Module,
+        example: dict[str, torch.Tensor],
+        out_dir: Path,
+        *,
+        precision: str = "fp32",
+        calibration: dict[str, torch.Tensor] | None = None,
+    ) -> Path:
         """Write ``out_dir/model.onnx`` atomically (temp dir beside ``out_dir``, then rename)."""
+        check_precision(self, precision)
         if not self.available():
             raise ExportError(
                 "The onnx target needs onnx, onnxscript and onnxruntime; "
@@ -77,6 +90,32 @@ class OnnxTarget:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return out_dir / ARTIFACT_NAME
+
+    def inspect(self, path: Path) -> dict[str, Any]:
+        """The graph's inputs and outputs (name, element type, shape with ``batch``) and its op counts."""
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+
+        def signature(values: Any) -> list[dict[str, Any]]:
+            return [
+                {
+                    "name": v.name,
+                    "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                    "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim],
+                }
+                for v in values
+            ]
+
+        ops: dict[str, int] = {}
+        for node in model.graph.node:
+            ops[node.op_type] = ops.get(node.op_type, 0) + 1
+        return {
+            "inputs": signature(model.graph.input),
+            "outputs": signature(model.graph.output),
+            "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
+            "ops": dict(sorted(ops.items())),
+        }
 
     def load(self, path: Path) -> Any:
         try:

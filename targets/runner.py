@@ -88,59 +88,114 @@ def runtime_for(path: Path) -> str:
     return runtime
 
 
-def load_session(path: Path, *, threads: int | None = None) -> Any:
+class Session:
+    """One loaded artifact. ``run`` takes any batch size: a runtime whose artifact has a fixed batch of 1
+    (LiteRT, ExecuTorch) runs the rows one at a time."""
+
+    runtime = ""
+
+    @property
+    def input_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+
+def load_session(path: Path, *, threads: int | None = None) -> Session:
     """Load ``path`` in its runtime; ``threads=None`` keeps the runtime's default thread count."""
     path = Path(path)
     runtime = runtime_for(path)
-    if not path.is_file():
+    if not path.exists():
         raise RunnerError(f"Artifact {path} does not exist; export the model first or check the path.")
-    if runtime != "onnxruntime":
+    loader = _LOADERS.get(runtime)
+    if loader is None:
         raise RunnerError(
-            f"Running {path.suffix} artifacts is not supported by this runner yet; it needs {runtime}."
+            f"Running {path.suffix} artifacts is not supported by this runner; it needs {runtime}."
         )
-    return _load_onnxruntime(path, threads)
+    return loader(path, threads)
 
 
-def _load_onnxruntime(path: Path, threads: int | None) -> Any:
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise RunnerError(
-            f"{path.name} needs onnxruntime; install it with `pip install onnxruntime`."
-        ) from exc
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: keep the console clean
-    if threads is not None:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
-        raise RunnerError(f"onnxruntime cannot load {path.name}: {_first_line(exc)}.") from exc
-
-
-def run_session(session: Any, inputs: dict[str, np.ndarray]) -> np.ndarray:
+def run_session(session: Session, inputs: dict[str, np.ndarray]) -> np.ndarray:
     """Run one batch and return the first output; inputs are cast to the dtypes the artifact expects."""
-    feed = {}
-    for spec in session.get_inputs():
-        if spec.name not in inputs:
-            expected = [s.name for s in session.get_inputs()]
-            raise RunnerError(f"Input {spec.name!r} is missing; the artifact expects {expected}.")
-        dtype = _ORT_DTYPES.get(spec.type)
-        array = np.asarray(inputs[spec.name])
-        feed[spec.name] = np.ascontiguousarray(array if dtype is None else array.astype(dtype, copy=False))
-    try:
-        return session.run([session.get_outputs()[0].name], feed)[0]
-    except Exception as exc:
-        raise RunnerError(f"onnxruntime failed to run the artifact: {_first_line(exc)}.") from exc
+    missing = [name for name in session.input_names if name not in inputs]
+    if missing:
+        raise RunnerError(f"Input {missing[0]!r} is missing; the artifact expects {session.input_names}.")
+    return session.run(inputs)
+
+
+def run_rows(
+    run_one: Callable[[dict[str, np.ndarray]], np.ndarray], inputs: dict[str, np.ndarray]
+) -> np.ndarray:
+    """Run a batch-1 artifact over every row of ``inputs`` and stack the outputs (batch first)."""
+    rows = {int(np.asarray(v).shape[0]) for v in inputs.values()}
+    if len(rows) != 1:
+        raise RunnerError(f"Inputs need one shared batch dimension; got batch sizes {sorted(rows)}.")
+    n = rows.pop()
+    rows_out = [run_one({k: np.asarray(v)[i : i + 1] for k, v in inputs.items()}) for i in range(n)]
+    return np.concatenate(rows_out)
+
+
+# --- onnxruntime ----------------------------------------------------------------------------------
+
+
+class OrtSession(Session):
+    runtime = "onnxruntime"
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+
+    @classmethod
+    def load(cls, path: Path, threads: int | None) -> OrtSession:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise RunnerError(
+                f"{path.name} needs onnxruntime; install it with `pip install onnxruntime`."
+            ) from exc
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: keep the console clean
+        if threads is not None:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        try:
+            return cls(ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]))
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise RunnerError(f"onnxruntime cannot load {path.name}: {_first_line(exc)}.") from exc
+
+    @property
+    def input_names(self) -> list[str]:
+        return [spec.name for spec in self.session.get_inputs()]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        feed = {}
+        for spec in self.session.get_inputs():
+            dtype = _ORT_DTYPES.get(spec.type)
+            array = np.asarray(inputs[spec.name])
+            cast = array if dtype is None else array.astype(dtype, copy=False)
+            feed[spec.name] = np.ascontiguousarray(cast)
+        try:
+            return self.session.run([self.session.get_outputs()[0].name], feed)[0]
+        except Exception as exc:
+            raise RunnerError(f"onnxruntime failed to run the artifact: {_first_line(exc)}.") from exc
+
+
+# --- registry of runtimes -------------------------------------------------------------------------
+
+# runtime -> loader(path, threads) -> Session. Each runtime's section above adds itself here.
+_LOADERS: dict[str, Callable[[Path, int | None], Session]] = {"onnxruntime": OrtSession.load}
 
 
 def runtime_version(runtime: str) -> str:
-    if runtime == "onnxruntime":
-        import onnxruntime as ort
+    module = {"onnxruntime": "onnxruntime"}.get(runtime)
+    if module is None:
+        return "unknown"
+    try:
+        from importlib.metadata import version
 
-        return str(ort.__version__)
-    return "unknown"
+        return version(module)
+    except Exception:
+        return "unknown"
 
 
 def artifact_size_bytes(path: Path) -> int:
