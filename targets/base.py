@@ -26,6 +26,8 @@ from edge_distill.registry import Registry, UnknownNameError
 if TYPE_CHECKING:
     import torch
 
+    from edge_distill.profiles import DeviceProfile
+
 # The name every target gives the model's single output, so errors and reports can name it.
 OUTPUT_NAME = "output"
 
@@ -125,8 +127,11 @@ TARGETS: Registry[type[Target]] = Registry("target")
 TARGETS.register("onnx", "edge_distill.targets.onnx:OnnxTarget")
 
 
-def get_target(name: str) -> Target:
+def get_target(name: str, *, profile: DeviceProfile | None = None) -> Target:
     """An instance of the target registered as ``name``; an unknown name is an ExportError with a hint.
+
+    With a ``profile``, a target class that has ``for_profile(profile)`` (Core ML's deployment target,
+    the device's thread count) is built from it.
 
     Example:
         >>> get_target("onnx").extension
@@ -136,6 +141,8 @@ def get_target(name: str) -> Target:
         target_class = TARGETS.get(name)
     except UnknownNameError as exc:
         raise ExportError(str(exc)) from None
+    if profile is not None and hasattr(target_class, "for_profile"):
+        return target_class.for_profile(profile)
     return target_class()
 
 
