@@ -6,9 +6,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 __version__ = "0.1.0"
+
+# torchao (pulled in by transformers and executorch) warns on import that its CUDA kernels do not load on
+# a CPU build, and torch's pytree warns about torchao's enums: noise in a user's console, not problems.
+for _name in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
 
 _LAZY = {
     "distill": "edge_distill.engine",

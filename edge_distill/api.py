@@ -164,6 +164,13 @@ def make_job(
         width=width,
         trim_vocab=trim_vocab,
         teacher_text=teacher_text,
+        data_record={
+            "source": data or "demo",
+            "text_column": text_column,
+            "label_column": label_column,
+            "max_per_class": max_per_class,
+            "seed": train.seed,
+        },
     )
 
 

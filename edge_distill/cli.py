@@ -34,7 +34,7 @@ def run_parser() -> argparse.ArgumentParser:
         prog="edge-distill",
         description="Distil a teacher into a student that fits a device profile "
         "(the built-in demo when no teacher and data are given). "
-        "Other commands: `edge-distill profiles [show NAME]`.",
+        "Other commands: `edge-distill profiles [show NAME]`, `edge-distill export STUDENT_DIR`.",
     )
     parser.add_argument("--version", action="version", version=f"edge-distill {__version__}")
     parser.add_argument("--profile", required=True, help="device profile name or alias, or a path to a .toml")
@@ -135,14 +135,71 @@ def profiles_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def export_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-distill export",
+        description="Export a saved student to mobile artifacts, verify each against the student, and write "
+        "artifacts/<target>-<precision>/ (model, tokenizer, labels, metadata.json, a torch-free runner).",
+    )
+    parser.add_argument("student", type=Path, help="the student folder (runs/<run>/student) or any HF folder")
+    parser.add_argument(
+        "--target",
+        action="append",
+        help="onnx, executorch, executorch-coreml, tflite, coreml or all (repeatable; default: the "
+        "profile's targets with --profile, else all)",
+    )
+    parser.add_argument(
+        "--precision",
+        action="append",
+        help="fp32, fp16, int8, int8-dynamic, palettized or all (repeatable; default: each target's first)",
+    )
+    parser.add_argument("--out", type=Path, help="default: the artifacts/ folder beside the student folder")
+    parser.add_argument("--profile", help="device profile (Core ML deployment target, default targets)")
+    parser.add_argument("--data", help="data to calibrate and verify on (default: what the run used)")
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--label-column")
+    parser.add_argument(
+        "--seq-len", type=int, help="fixed sequence length (default: the run's, else the profile's)"
+    )
+    parser.add_argument("--json", action="store_true")
+    return parser
+
+
+def export_command(args: argparse.Namespace, console: Console) -> int:
+    from edge_distill.console import exports_table
+    from edge_distill.exporting import export_student
+    from edge_distill.profiles import load_profile
+
+    profile = load_profile(args.profile) if args.profile else None
+    targets = args.target or (list(profile.targets) if profile else ["all"])
+    out = args.out or args.student.resolve().parent / "artifacts"
+    quiet = Console(quiet=True) if args.json else console
+    results = export_student(
+        args.student, targets=targets, precisions=args.precision, out=out, data=args.data,
+        text_column=args.text_column, label_column=args.label_column, profile=profile, seq_len=args.seq_len,
+        say=lambda text: quiet.print(text, highlight=False, soft_wrap=True),
+    )  # fmt: skip
+    failed = [r for r in results if "error" in r]
+    if args.json:
+        code = 2 if failed else 0
+        print(json.dumps(envelope("export", {"out": str(out), "artifacts": results}, code=code)))
+        return code
+    console.print(exports_table(results, out))
+    for result in failed:
+        fail(console, "export", False, f"{result['target']} {result['precision']}: {result['error']}", 2)
+    return 2 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     console = Console(stderr=False)
     wants_json = "--json" in argv
-    command = "profiles" if argv[:1] == ["profiles"] else "run"
+    command = argv[0] if argv[:1] in (["profiles"], ["export"]) else "run"
     try:
         if command == "profiles":
             return profiles_command(profiles_parser().parse_args(argv[1:]), console)
+        if command == "export":
+            return export_command(export_parser().parse_args(argv[1:]), console)
         return run_command(run_parser().parse_args(argv), console)
     except EdgeDistillError as error:
         return fail(console, command, wants_json, str(error), error.exit_code)

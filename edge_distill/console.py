@@ -110,3 +110,25 @@ def rounds_table(report: dict[str, Any]) -> Table:
             "yes" if r["fits"] else "no: " + ", ".join(BUDGET_NAMES[m["budget"]] for m in r["misses"]),
         )
     return table
+
+
+def exports_table(results: list[dict[str, Any]], out: Any) -> Table:
+    """One row per (target, precision): the file, its size, and how it was verified."""
+    table = Table(title=f"Artifacts in {out}", title_justify="left")
+    for name, justify in (
+        ("target", "left"), ("precision", "left"), ("file", "left"), ("MB", "right"),
+        ("parity", "left"), ("max abs diff", "right"), ("metric: student -> artifact", "left"),
+    ):  # fmt: skip
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for r in results:
+        if "error" in r:
+            table.add_row(r["target"], r["precision"], "-", "-", "[red]failed[/]", "-", "see below")
+            continue
+        v = r["verification"]
+        diff = "-" if v["max_abs_diff"] is None else f"{v['max_abs_diff']:.2g}"
+        metric = "-" if v["metric"] is None else (
+            f"{v['metric']} {v['metric_pytorch']:.4f} -> {v['metric_artifact']:.4f}"
+        )  # fmt: skip
+        status = "[green]verified[/]" if v["status"] == "verified" else f"[yellow]{v['status']}[/]"
+        table.add_row(r["target"], r["precision"], r["file"], f"{r['size_mb']:.2f}", status, diff, metric)
+    return table

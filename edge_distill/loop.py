@@ -93,6 +93,7 @@ class Job:
     width: str = "prune"  # narrower students keep the most important units ("slice": the first ones)
     trim_vocab: bool = True  # the space also holds students trimmed to the training data's tokens
     teacher_text: int = 0  # causal LMs: texts the teacher writes for sequence-level KD
+    data_record: dict[str, Any] = field(default_factory=dict)  # how to load the data again (export)
 
     @property
     def sequence_length(self) -> int:

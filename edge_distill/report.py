@@ -122,7 +122,23 @@ def save_student(folder: Path, student: Any, job: Any, winner: dict[str, Any]) -
         job.teacher.tokenizer.save_pretrained(folder)
     if job.family.name == "sentence-embedding":
         write_sentence_transformers_files(folder, student)
+    write_json_atomic(folder / "edge_distill.json", student_record(job))
     (folder / "README.md").write_text(model_card(job, winner))
+
+
+def student_record(job: Any) -> dict[str, Any]:
+    """How the student was made: what `edge-distill export` needs to calibrate and verify it again."""
+    data = dict(job.data_record)
+    if data.get("source") not in (None, "demo"):
+        data["source"] = str(Path(data["source"]).resolve())
+    return {
+        "schema": 1,
+        "family": job.family.name,
+        "sequence_length": job.sequence_length,
+        "profile": job.profile.name,
+        "teacher": job.teacher.name,
+        "data": data or None,
+    }
 
 
 def write_sentence_transformers_files(folder: Path, student: Any) -> None:

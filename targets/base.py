@@ -242,6 +242,7 @@ def verify(
     *,
     precision: str = "fp32",
     metric: Metric | None = None,
+    top1: bool = True,
     batch_size: int = 32,
 ) -> Verification:
     """Run ``inputs`` through the artifact and through the fp32 ``model``; hold them to ``precision``'s
@@ -268,8 +269,11 @@ def verify(
         raise ParityError(f"The {target.name} artifact {artifact.name} could not be checked: {exc}") from exc
     atol = np.inf if tolerance.atol is None else tolerance.atol
     parity = _compare(expected, actual, n=n, atol=atol, min_top1=tolerance.min_top1 or 0.0)
-    if metric is None:
+    agreement = parity.top1_agreement if top1 else None
+    if metric is None and top1:
         metric = Metric("top-1 agreement", lambda out: _top1(expected, out))
+    elif metric is None:
+        metric = Metric("cosine similarity", lambda out: _cosine(expected, out))
     result = Verification(
         target.name,
         precision,
@@ -278,7 +282,7 @@ def verify(
         n,
         tolerance.as_dict(),
         max_abs_diff=parity.max_abs_diff,
-        top1_agreement=parity.top1_agreement,
+        top1_agreement=agreement,
         metric=metric.name,
         metric_pytorch=float(metric.compute(expected)),
         metric_artifact=float(metric.compute(actual)),
@@ -299,6 +303,14 @@ def _top1(expected: np.ndarray, actual: np.ndarray) -> float:
     if expected.ndim < 2:
         return 1.0
     return float(np.mean(np.argmax(expected, axis=-1) == np.argmax(actual, axis=-1)))
+
+
+def _cosine(expected: np.ndarray, actual: np.ndarray) -> float:
+    """Mean cosine similarity of matching rows (flattened past the batch dimension)."""
+    a = expected.reshape(len(expected), -1).astype(np.float64)
+    b = actual.reshape(len(actual), -1).astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return float(np.mean(np.sum(a * b, axis=1) / np.maximum(norms, 1e-12)))
 
 
 def _tolerance_gap(result: Verification, tolerance: Tolerance) -> str | None:

@@ -1,0 +1,215 @@
+"""``edge-distill export``: a saved student to every target and precision asked for, each verified.
+
+The student folder is what a run writes to ``runs/<run>/student/`` (or any Hugging Face folder of a
+supported family). Calibration rows come from the data's validation split (held out from training,
+never the test split); verification runs on the test split, where the task metric is computed on the
+artifact's own outputs. A run's student folder records its data in ``edge_distill.json``, so
+``edge-distill export runs/x/student --target all`` needs nothing else.
+
+Example:
+    >>> results = export_student(Path("runs/x/student"), targets=["onnx"], precisions=["int8"],
+    ...                          out=Path("runs/x/artifacts"))  # doctest: +SKIP
+    >>> results[0]["verification"]["status"]  # doctest: +SKIP
+    'verified'
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edge_distill.cut import export_module
+from edge_distill.data import TextDataset, load_demo_data, load_text_file
+from edge_distill.errors import DataError, EdgeDistillError, ExportError
+from edge_distill.families import Family, get_family
+from edge_distill.profiles import DeviceProfile
+from edge_distill.shipping import ShipData, ship
+from edge_distill.targets.base import TARGETS, Metric, get_target
+
+RECORD = "edge_distill.json"  # in a student folder: the family, sequence length and data it was trained on
+CALIBRATION_ROWS = 128
+VERIFY_ROWS = 256
+
+
+def accuracy_metric(labels: np.ndarray) -> Metric:
+    """Accuracy of outputs (n, classes) against ``labels`` (n,)."""
+    return Metric("accuracy", lambda out: float(np.mean(np.argmax(out, axis=-1) == labels)))
+
+
+def text_ship_data(
+    family: Family,
+    inputs: dict[str, dict[str, torch.Tensor]],
+    *,
+    labels: np.ndarray | None,
+    tokenizer: Any,
+    seq_len: int,
+    label_names: Sequence[str] = (),
+    trimmed: bool = False,
+) -> ShipData:
+    """ShipData for a text model from its tokenized splits: calibrate on val, verify on test.
+
+    ``labels`` are the test split's (None or all -1 for unlabelled data: top-1 agreement is the metric).
+    """
+    columns = ("input_ids", "attention_mask")
+    val = {k: v[:CALIBRATION_ROWS] for k, v in inputs["val"].items() if k in columns}
+    test = {k: v[:VERIFY_ROWS] for k, v in inputs["test"].items() if k in columns}
+    n = len(test["input_ids"])
+    metric = None
+    if family.classifies and labels is not None and (np.asarray(labels) >= 0).all():
+        metric = accuracy_metric(np.asarray(labels)[:n])
+    preprocess = {
+        "kind": "text",
+        "tokenizer": "tokenizer/",
+        "sequence_length": seq_len,
+        "padding": "max_length",
+        "truncation": True,
+        "inputs": list(columns),
+        "token_ids": "the tokenizer's own ids (a trimmed vocabulary's id map is inside the model)"
+        if trimmed
+        else "the tokenizer's own ids",
+    }
+    return ShipData(
+        example={k: v[:1] for k, v in test.items()},
+        calibration=val,
+        held_out=test,
+        metric=metric,
+        preprocess=preprocess,
+        label_names=tuple(label_names),
+        tokenizer=tokenizer,
+        top1=family.name != "sentence-embedding",
+        extra={"family": family.name},
+    )
+
+
+def resolve_pairs(targets: Sequence[str], precisions: Sequence[str] | None) -> list[tuple[str, str]]:
+    """(target, precision) pairs: ``all`` targets are every registered one; no precision is each
+    target's default (its first); ``all`` precisions are every one a target offers. An explicit precision
+    with ``all`` targets goes to the targets that offer it."""
+    names = TARGETS.names() if "all" in targets else list(dict.fromkeys(targets))
+    pairs = []
+    for name in names:
+        offered = get_target(name).precisions
+        if precisions is None:
+            wanted = [offered[0]]
+        elif "all" in precisions:
+            wanted = list(offered)
+        else:
+            wanted = [p for p in precisions if p in offered or "all" not in targets]
+        pairs += [(name, p) for p in wanted]
+    if not pairs:
+        raise ExportError(
+            f"No target offers precision {', '.join(precisions or [])}; run `edge-distill export --help` "
+            "for each target's precisions."
+        )
+    return pairs
+
+
+def export_student(
+    student_dir: Path,
+    *,
+    targets: Sequence[str],
+    precisions: Sequence[str] | None,
+    out: Path,
+    data: str | None = None,
+    text_column: str = "text",
+    label_column: str | None = None,
+    profile: DeviceProfile | None = None,
+    seq_len: int | None = None,
+    say: Callable[[str], None] = lambda text: None,
+) -> list[dict[str, Any]]:
+    """Export, verify and bundle ``student_dir`` for each (target, precision) in ``out/<target>-<precision>``.
+
+    Returns one entry per pair: the metadata written, or ``{"target", "precision", "error"}`` for a pair
+    that could not be exported or verified (its folder is not written; the others still are).
+    """
+    from edge_distill.teachers import load_teacher
+
+    pairs = resolve_pairs(targets, precisions)
+    student = load_teacher(Path(student_dir))
+    family = get_family(student.task)
+    if not family.cli:
+        raise ExportError(
+            f"{student_dir} is an {family.name} model; export it through the Python API "
+            "(edge_distill.shipping.ship with pixel tensors)."
+        )
+    record = read_record(Path(student_dir))
+    seq_len = sequence_length(record, profile, student.model.config, seq_len)
+    dataset = load_data(record, data, text_column, label_column, student.label_names, family)
+    splits = {"val": dataset.val, "test": dataset.test}
+    inputs = {name: family.encode(student.tokenizer, split.texts, seq_len) for name, split in splits.items()}
+    model = export_module(family, student.model)
+    shipment = text_ship_data(
+        family, inputs, labels=np.asarray(dataset.test.labels) if dataset.labeled else None,
+        tokenizer=student.tokenizer, seq_len=seq_len, label_names=student.label_names,
+        trimmed=bool(getattr(student.model.config, "trimmed_vocab", None)),
+    )  # fmt: skip
+    results = []
+    for target, precision in pairs:
+        say(f"Exporting {target} {precision} ...")
+        try:
+            results.append(ship(model, target, precision, out, shipment, profile=profile))
+        except EdgeDistillError as error:
+            results.append({"target": target, "precision": precision, "error": str(error)})
+    return results
+
+
+def sequence_length(
+    record: dict[str, Any], profile: DeviceProfile | None, config: Any, asked: int | None
+) -> int:
+    """The fixed sequence length: asked for, else the run's, else the profile's (capped at the model's
+    positions), else 128."""
+    if asked is not None:
+        return asked
+    if record.get("sequence_length"):
+        return int(record["sequence_length"])
+    length = profile.sequence_length if profile is not None else 128
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return min(length, positions) if positions else length
+
+
+def read_record(student_dir: Path) -> dict[str, Any]:
+    """The run's record of how the student was made ({} for a folder edge-distill did not write)."""
+    path = student_dir / RECORD
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{path} is not valid JSON ({exc}); delete it and pass --data instead.") from None
+
+
+def load_data(
+    record: dict[str, Any],
+    data: str | None,
+    text_column: str,
+    label_column: str | None,
+    label_names: Sequence[str],
+    family: Family,
+) -> TextDataset:
+    """The data to calibrate and verify on: ``--data``, else the data the run recorded."""
+    recorded = record.get("data") or {}
+    if data is None and not recorded:
+        raise DataError(
+            "The student folder does not record its data; pass --data FILE (CSV, JSONL or Parquet with a "
+            "text column) to calibrate and verify the artifacts on."
+        )
+    seed = int(recorded.get("seed", 0))
+    if data is None and recorded.get("source") == "demo":
+        return load_demo_data(max_per_class=recorded.get("max_per_class"), seed=seed)
+    source = data or recorded["source"]
+    if data is None and not Path(source).is_file():
+        raise DataError(f"The student was trained on {source}, which is gone; pass --data FILE instead.")
+    column = label_column if data is not None else recorded.get("label_column")
+    return load_text_file(
+        source,
+        text_column=text_column if data is not None else recorded.get("text_column", "text"),
+        label_column=None if family.name == "causal-lm" else column or "label",
+        labels_required=column is not None and family.name != "causal-lm",
+        seed=seed,
+        label_names=label_names or None,
+    )
