@@ -180,22 +180,159 @@ class OrtSession(Session):
             raise RunnerError(f"onnxruntime failed to run the artifact: {_first_line(exc)}.") from exc
 
 
+# --- tflite ---------------------------------------------------------------------------------------
+
+
+class LiteRtSession(Session):
+    """A .tflite model in the LiteRT interpreter: ai-edge-litert, or tflite-runtime on a Raspberry Pi.
+
+    The artifact has a fixed batch of 1, so ``run`` goes row by row. Inputs are matched by the signature's
+    names (forward's parameters) and cast to the dtypes it expects; a float fed to a quantized input is
+    quantized with its scale and zero point, and a quantized output is dequantized: ``run`` gives floats.
+
+    Example:
+        >>> session = load_session(Path("model.tflite"), threads=2)  # a LiteRtSession
+        >>> session.input_names, run_session(session, {"input_ids": ids, "attention_mask": mask}).shape
+        (['input_ids', 'attention_mask'], (5, 3))
+    """
+
+    runtime = "tflite-runtime"
+
+    def __init__(
+        self,
+        inputs: dict[str, dict[str, Any]],
+        output: dict[str, Any],
+        invoke: Callable[[dict[str, np.ndarray]], np.ndarray],
+    ) -> None:
+        self._inputs = dict(sorted(inputs.items(), key=lambda item: item[1]["index"]))  # forward's order
+        self._output = output
+        self._invoke = invoke
+
+    @classmethod
+    def load(cls, path: Path, threads: int | None) -> LiteRtSession:
+        interpreter_class = _litert_interpreter_class(path)
+
+        def build() -> Any:
+            interpreter = interpreter_class(model_path=str(path), num_threads=threads)
+            interpreter.allocate_tensors()  # applies the default XNNPACK delegate
+            return interpreter
+
+        try:
+            interpreter = _without_native_stderr(build)  # "INFO: Created TensorFlow Lite XNNPACK delegate"
+        except Exception as exc:  # ValueError/RuntimeError from the flatbuffer or the op resolver
+            raise RunnerError(f"The LiteRT interpreter cannot load {path.name}: {_first_line(exc)}.") from exc
+        signatures = interpreter.get_signature_list() if hasattr(interpreter, "get_signature_list") else {}
+        if not signatures:  # no signature: the graph's own input names
+            return cls(*_bind_tensors(interpreter))
+        signature = interpreter.get_signature_runner(next(iter(signatures)))
+        output_name, output = next(iter(signature.get_output_details().items()))
+        return cls(signature.get_input_details(), output, lambda feed: signature(**feed)[output_name])
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self._inputs)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return run_rows(self._run_one, {name: inputs[name] for name in self._inputs})
+
+    def _run_one(self, row: dict[str, np.ndarray]) -> np.ndarray:
+        feed = {name: _to_litert(name, row[name], detail) for name, detail in self._inputs.items()}
+        try:
+            out = self._invoke(feed)
+        except Exception as exc:
+            raise RunnerError(f"The LiteRT interpreter failed to run: {_first_line(exc)}.") from exc
+        scale, zero_point = self._output["quantization"]
+        if scale and not np.issubdtype(out.dtype, np.floating):  # (1, ...) int8 -> float logits
+            return (out.astype(np.float32) - zero_point) * np.float32(scale)
+        return out.astype(np.float32) if out.dtype == np.float16 else out
+
+
+def _litert_interpreter_class(path: Path) -> Any:
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError as exc:
+            raise RunnerError(
+                f"{path.name} needs tflite-runtime; install it with `pip install ai-edge-litert` "
+                "(or `pip install tflite-runtime` where no ai-edge-litert wheel exists)."
+            ) from exc
+    return Interpreter
+
+
+def _bind_tensors(
+    interpreter: Any,
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any], Callable[[dict[str, np.ndarray]], np.ndarray]]:
+    """(inputs by name, first output, invoke) on the interpreter's tensors, for a file without signature."""
+    inputs = {detail["name"]: detail for detail in interpreter.get_input_details()}
+    output = interpreter.get_output_details()[0]
+
+    def invoke(feed: dict[str, np.ndarray]) -> np.ndarray:
+        for name, value in feed.items():
+            interpreter.set_tensor(inputs[name]["index"], value)
+        interpreter.invoke()
+        return interpreter.get_tensor(output["index"])
+
+    return inputs, output, invoke
+
+
+def _to_litert(name: str, value: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    """One row cast to the input's dtype: quantized with its scale/zero point when a float meets int8."""
+    array, dtype = np.asarray(value), np.dtype(detail["dtype"])
+    expected = tuple(int(d) for d in detail["shape"])
+    if array.shape != expected:
+        raise RunnerError(
+            f"Input {name!r} has shape {array.shape} per row but the artifact expects {expected}; pad or "
+            "truncate to the shape of the export's example."
+        )
+    scale, zero_point = detail["quantization"]
+    if scale and np.issubdtype(array.dtype, np.floating) and not np.issubdtype(dtype, np.floating):
+        limits = np.iinfo(dtype)
+        array = np.clip(np.round(array / scale + zero_point), limits.min, limits.max)
+    return np.ascontiguousarray(array.astype(dtype, copy=False))
+
+
+def _without_native_stderr(build: Callable[[], Any]) -> Any:
+    """``build()`` with what native code writes to fd 2 sent to /dev/null (the interpreter's INFO lines)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real fd 2 (an embedded interpreter): nothing to silence
+        return build()
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        return build()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 # --- registry of runtimes -------------------------------------------------------------------------
 
 # runtime -> loader(path, threads) -> Session. Each runtime's section above adds itself here.
 _LOADERS: dict[str, Callable[[Path, int | None], Session]] = {"onnxruntime": OrtSession.load}
+_LOADERS["tflite-runtime"] = LiteRtSession.load
+
+
+# runtime -> the distributions that provide it; the first one installed is reported.
+_RUNTIME_DISTRIBUTIONS = {
+    "onnxruntime": ("onnxruntime",),
+    "tflite-runtime": ("ai-edge-litert", "tflite-runtime"),  # tflite-runtime: a Raspberry Pi's wheel
+}
 
 
 def runtime_version(runtime: str) -> str:
-    module = {"onnxruntime": "onnxruntime"}.get(runtime)
-    if module is None:
-        return "unknown"
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import version
 
-        return version(module)
-    except Exception:
-        return "unknown"
+    for distribution in _RUNTIME_DISTRIBUTIONS.get(runtime, ()):
+        try:
+            return version(distribution)
+        except Exception:
+            continue
+    return "unknown"
 
 
 def artifact_size_bytes(path: Path) -> int:
