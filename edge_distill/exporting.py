@@ -16,9 +16,10 @@ Example:
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,6 +31,9 @@ from edge_distill.families import Family, get_family
 from edge_distill.profiles import DeviceProfile
 from edge_distill.shipping import ShipData, ship
 from edge_distill.targets.base import TARGETS, Metric, get_target
+
+if TYPE_CHECKING:
+    from edge_distill.loop import Context
 
 RECORD = "edge_distill.json"  # in a student folder: the family, sequence length and data it was trained on
 CALIBRATION_ROWS = 128
@@ -213,3 +217,77 @@ def load_data(
         seed=seed,
         label_names=label_names or None,
     )
+
+
+# --- the budget loop's side: check the targets before training, ship the winner after -------------
+
+
+def check_targets(ctx: Context) -> list[str]:
+    """Export an untrained student of the candidates' architecture to each of the profile's targets before
+    anything is trained, so no training is spent on a student that cannot ship. Returns the targets that
+    export it; a target that cannot is named with its op (one line), and none at all is an ExportError.
+
+    The smallest candidate stands for all: exportability depends on the ops, not the sizes (a trimmed
+    vocabulary's id map is an op of its own, so a trimmed candidate is preferred when there is one).
+    """
+    job, say = ctx.job, ctx.reporter.say
+    spec = min(ctx.candidates, key=lambda c: (c.spec.vocab is None, c.params)).spec
+    module = export_module(job.family, ctx.cutter.untrained(spec))
+    example = {k: v[:1] for k, v in ctx.inputs["test"].items() if k in ("input_ids", "attention_mask")}
+    ok, failures = [], []
+    for name in dict.fromkeys([job.target, *job.profile.targets]):
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                target = get_target(name, profile=job.profile)
+                if not target.available():
+                    raise ExportError(f"The {name} target's exporter is not installed here.")
+                target.export(module, example, Path(tmp) / name, precision=target.precisions[0])
+                ok.append(name)
+            except ExportError as error:
+                failures.append(str(error))
+    for failure in failures:
+        say(f"  target dropped before training: {failure}")
+    if job.target not in ok:
+        raise ExportError(
+            f"The student cannot be exported to {job.target}, which the loop measures latency with: "
+            f"{failures[0]}"
+        )
+    say(f"Targets: {', '.join(ok)} export this architecture (checked on an untrained {spec.label})")
+    return ok
+
+
+def ship_winner(ctx: Context, winner: dict[str, Any], targets: Sequence[str]) -> list[dict[str, Any]]:
+    """Bundle the winning student for each target (its default precision) into artifacts/<target>-<p>/.
+
+    A target that fails here (after passing the untrained check) is reported, not fatal: the others ship.
+    """
+    job, student = ctx.job, winner["_student"]
+    labels = np.asarray(ctx.job.data.test.labels) if job.data.labeled else None
+    shipment = text_ship_data(
+        job.family, ctx.inputs, labels=labels, tokenizer=job.teacher.tokenizer, seq_len=job.sequence_length,
+        label_names=job.teacher.label_names, trimmed=winner["student"].get("vocab") is not None,
+    )  # fmt: skip
+    model = export_module(job.family, student)
+    shipped = []
+    for name in targets:
+        precision = get_target(name).precisions[0]
+        try:
+            meta = ship(model, name, precision, ctx.work / "artifacts", shipment, profile=job.profile)
+        except EdgeDistillError as error:
+            ctx.reporter.say(f"  {name} {precision}: not shipped: {error}")
+            shipped.append({"target": name, "precision": precision, "error": str(error)})
+            continue
+        verification = meta["verification"]
+        shipped.append(
+            {
+                "target": name,
+                "precision": precision,
+                "path": f"artifacts/{name}-{precision}/{meta['file']}",
+                "size_mb": meta["size_mb"],
+                "verification": verification["status"],
+                "max_abs_diff": verification["max_abs_diff"],
+            }
+        )
+        status = verification["status"]
+        ctx.reporter.say(f"  shipped {shipped[-1]['path']} ({meta['size_mb']:.1f} MB, {status})")
+    return shipped

@@ -25,6 +25,7 @@ from edge_distill.data import TextDataset
 from edge_distill.devices import LatencyProfile, profile_on_host
 from edge_distill.distributed import Coordinator
 from edge_distill.errors import EdgeDistillError, NothingFitsError
+from edge_distill.exporting import check_targets
 from edge_distill.families import Family, Fit, get_family
 from edge_distill.planner import Candidate, closest_miss, cost_candidates, misses, model_cost, pick, predict
 from edge_distill.profiles import Budget, DeviceProfile
@@ -122,6 +123,7 @@ class Context:
     candidates: list[Candidate] = field(default_factory=list)
     probes: list[dict[str, Any]] = field(default_factory=list)
     checkpoints: list[Path] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)  # the profile's targets that export the student
 
 
 def run_job(job: Job, reporter: Reporter | None = None) -> dict[str, Any] | None:
@@ -323,6 +325,7 @@ def run_rounds(ctx: Context) -> tuple[list[dict[str, Any]], dict[str, Any] | Non
     job, candidates = ctx.job, ctx.candidates
     rounds: list[dict[str, Any]] = []
     ceilings: dict[str, float] = {}
+    ctx.targets = check_targets(ctx)
     while len(rounds) < job.max_rounds:
         candidate = choose(ctx, candidates, ceilings)
         if candidate is None:

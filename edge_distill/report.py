@@ -8,7 +8,7 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
-import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +27,10 @@ def build_report(ctx: Context, rounds: list[dict[str, Any]], winner: dict[str, A
     """Assemble report.json; saves the winning student and moves its artifact to artifacts/<target>/."""
     job = ctx.job
     if winner is not None:
-        winner["artifact"] = promote_artifact(ctx.work, winner["artifact"], job.target)
+        from edge_distill.exporting import ship_winner
+
+        winner["artifacts"] = ship_winner(ctx, winner, ctx.targets)
+        winner["artifact"] = promote_artifact(ctx.work, winner)
         save_student(ctx.work / "student", winner["_student"], job, winner)
     return {
         "schema": SCHEMA,
@@ -71,6 +74,7 @@ def result_section(
             "fits": True,
             "round": winner["round"],
             "artifact": winner["artifact"],
+            "artifacts": winner["artifacts"],
             "student": "student",
             "reason": None,
         }
@@ -84,19 +88,23 @@ def result_section(
         if last
         else f"No student fits {ctx.job.profile.name}: {detail}."
     )
-    return {"fits": False, "round": None, "artifact": None, "student": None, "reason": reason}
+    return {
+        "fits": False, "round": None, "artifact": None, "artifacts": [], "student": None, "reason": reason,
+    }  # fmt: skip
 
 
 def _shape(student: dict[str, Any]) -> dict[str, Any]:
     return {k: student[k] for k in ("layers", "hidden", "heads", "intermediate", "vocab") if k in student}
 
 
-def promote_artifact(work: Path, relative: str, target: str) -> str:
-    """Move the winning round's artifact folder to artifacts/<target>/ and return the new relative path."""
-    source = work / relative
-    destination = work / "artifacts" / target
-    os.replace(source.parent, destination)
-    return str((destination / source.name).relative_to(work))
+def promote_artifact(work: Path, winner: dict[str, Any]) -> str:
+    """The winner's artifact is now its shipped bundle for the round's target: the round's own export
+    (the same model, checked the same way) is removed, and the bundle's path returned."""
+    bundle = next((a for a in winner["artifacts"] if a["target"] == winner["target"] and "path" in a), None)
+    if bundle is None:  # the measuring target failed to ship: keep the round's export
+        return winner["artifact"]
+    shutil.rmtree((work / winner["artifact"]).parent, ignore_errors=True)
+    return bundle["path"]
 
 
 PIPELINES = {

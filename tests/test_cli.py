@@ -54,14 +54,29 @@ def test_tiny_teacher_fits_host(tiny_teacher_dir: Path, tiny_csv: Path, tmp_path
     assert first["parity"]["ok"] and first["parity"]["max_abs_diff"] <= 1e-4
     assert first["latency_ms"]["p50"] <= first["latency_ms"]["p90"] <= first["latency_ms"]["p99"]
     assert first["student"]["params"] < report["teacher"]["params"]
-    assert report["result"] == {
+    result = report["result"]
+    assert {k: result[k] for k in ("fits", "round", "artifact", "student", "reason")} == {
         "fits": True,
         "round": 1,
-        "artifact": "artifacts/onnx/model.onnx",
+        "artifact": "artifacts/onnx-fp32/model.onnx",
         "student": "student",
         "reason": None,
     }
-    assert (out_dir / "artifacts" / "onnx" / "model.onnx").is_file()
+    # every target of the host profile ships its bundle, each verified here
+    shipped = {(a["target"], a["precision"]): a for a in result["artifacts"]}
+    assert set(shipped) == {("onnx", "fp32"), ("executorch", "fp32"), ("tflite", "fp32")}
+    assert all(a["verification"] == "verified" and a["max_abs_diff"] <= 1e-4 for a in shipped.values())
+    bundle = out_dir / "artifacts" / "onnx-fp32"
+    assert {"model.onnx", "metadata.json", "labels.json", "inputs.npz", "runner.py", "tokenizer"} <= {
+        p.name for p in bundle.iterdir()
+    }
+    metadata = json.loads((bundle / "metadata.json").read_text())
+    assert metadata["profile"]["name"] == "host" and metadata["verification"]["status"] == "verified"
+    assert metadata["preprocess"]["sequence_length"] == report["input"]["sequence_length"]
+    assert [i["name"] for i in metadata["signature"]["inputs"]] == ["input_ids", "attention_mask"]
+    assert not (out_dir / "artifacts" / "round-1-onnx").exists()  # the round's export became the bundle
+    record = json.loads((out_dir / "student" / "edge_distill.json").read_text())
+    assert record["data"]["source"] == str(tiny_csv.resolve())
     assert (out_dir / "student" / "config.json").is_file()
     assert (out_dir / "student" / "tokenizer.json").is_file()
     assert not list(tmp_path.glob(".*partial"))
@@ -268,7 +283,7 @@ def test_loop_shrinks_after_a_measured_miss(
     first, second = report["rounds"]
     assert not first["fits"] and [m["budget"] for m in first["misses"]] == ["size_mb"]
     assert second["fits"] and second["student"]["params"] < first["student"]["params"]
-    assert report["result"]["round"] == 2 and report["result"]["artifact"] == "artifacts/onnx/model.onnx"
+    assert report["result"]["round"] == 2 and report["result"]["artifact"] == "artifacts/onnx-fp32/model.onnx"
     assert (out_dir / first["artifact"]).is_file()  # the missed round's artifact is kept
 
 

@@ -63,4 +63,4 @@ def test_quickstart_example_runs(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert '"source": "predicted"' in result.stdout
-    assert (out_dir / "artifacts" / "onnx" / "model.onnx").is_file()
+    assert (out_dir / "artifacts" / "onnx-fp32" / "model.onnx").is_file()
