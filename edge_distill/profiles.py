@@ -40,11 +40,16 @@ ARCHES = ("arm64", "armv7", "armv7e-m", "armv8-m", "riscv32", "riscv64", "x86_64
 MEASURED_SOURCE = "measured on this host"
 BUDGET_FIELDS = ("latency_ms", "memory_mb", "size_mb")
 FIGURES = ("arch", "cores", "clock_ghz", "ram_mb", "storage_gb", "memory_bandwidth_gbs")  # hardware fields
+# coremltools' ``ct.target`` names that yield an ML Program (iOS15/macOS12 and later), kept here so that
+# loading a profile never imports coremltools; tests check each one against ``ct.target``.
+COREML_DEPLOYMENT_TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "iOS26")
+COREML_DEPLOYMENT_TARGETS += ("macOS12", "macOS13", "macOS14", "macOS15", "macOS26")
 
 # Table -> {key: (kind, required)}; "" is the top level. Every key of a hardware table needs a source.
 _SPEC: dict[str, dict[str, tuple[str, bool]]] = {
     "": {"schema": ("int", True), "name": ("str", True), "description": ("str", True)}
-    | {"aliases": ("list", False), "targets": ("list", True), "measured": ("bool", False)},
+    | {"aliases": ("list", False), "targets": ("list", True), "measured": ("bool", False)}
+    | {"coreml_deployment_target": ("str", False)},
     "cpu": {"arch": ("str", True), "cores": ("int", True), "clock_ghz": ("float", False)},
     "memory": {"ram_mb": ("int", True), "bandwidth_gbs": ("float", False)},
     "storage": {"storage_gb": ("float", True)},
@@ -54,6 +59,7 @@ _SPEC: dict[str, dict[str, tuple[str, bool]]] = {
     | {"gflops": ("float", True), "reference": ("str", True), "source": ("str", True)},
 }
 _CHOICES = {"cpu.arch": ARCHES, "precision": PRECISIONS}  # string keys limited to known values
+_CHOICES["coreml_deployment_target"] = COREML_DEPLOYMENT_TARGETS
 _HARDWARE = ("cpu", "memory", "storage")
 _FIELD_NAMES = {"bandwidth_gbs": "memory_bandwidth_gbs"}  # TOML key -> DeviceProfile field
 _KIND_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
@@ -120,6 +126,7 @@ class DeviceProfile:
     measured: bool  # True for host: figures read from this machine, throughput measured at run time
     sources: Mapping[str, str] = field(hash=False)  # field name -> source text
     budget_reason: str = ""
+    coreml_deployment_target: str | None = None  # a ct.target name, e.g. "iOS17"; None: the target's default
 
     def throughput_for(self, precision: str = "fp32") -> Throughput | None:
         """The first entry at ``precision`` (profiles list the most representative CPU entry first)."""
@@ -129,7 +136,8 @@ class DeviceProfile:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict; every hardware figure is ``{"value": ..., "source": ...}``."""
-        plain = {k: getattr(self, k) for k in ("name", "description", "measured", "budget_reason")}
+        keys = ("name", "description", "measured", "budget_reason", "coreml_deployment_target")
+        plain = {k: getattr(self, k) for k in keys}
         return plain | {
             "aliases": list(self.aliases),
             "path": str(self.path),
@@ -221,7 +229,7 @@ def _throughput(check: _Checker, data: Mapping[str, Any], measured: bool) -> tup
 
 
 def _identity(check: _Checker, data: Mapping[str, Any]) -> dict[str, Any]:
-    """Top-level keys: schema, name, description, aliases, targets, measured."""
+    """Top-level keys: schema, name, description, aliases, targets, measured, coreml_deployment_target."""
     top = {"aliases": [], "measured": False} | check.section(data, "", [k for k in _SPEC if k])
     if top["schema"] != SCHEMA_VERSION:
         raise check.fail("schema", f"is {top['schema']}", f"this version reads schema = {SCHEMA_VERSION}")
@@ -276,6 +284,7 @@ def _from_data(path: Path, data: Mapping[str, Any]) -> DeviceProfile:
         measured=top["measured"],
         sources=sources,
         budget_reason=reason,
+        coreml_deployment_target=top.get("coreml_deployment_target"),
     )
 
 

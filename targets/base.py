@@ -125,6 +125,7 @@ def require_calibration(target: Target, precision: str, calibration: dict[str, A
 
 TARGETS: Registry[type[Target]] = Registry("target")
 TARGETS.register("onnx", "edge_distill.targets.onnx:OnnxTarget")
+TARGETS.register("coreml", "edge_distill.targets.coreml:CoreMLTarget")
 TARGETS.register("tflite", "edge_distill.targets.tflite:TfliteTarget")
 
 

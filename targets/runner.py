@@ -30,6 +30,7 @@ import numpy as np
 
 # The runtime that runs each artifact kind; the runner dispatches on the file extension.
 RUNTIME_BY_EXTENSION = {".onnx": "onnxruntime", ".tflite": "tflite-runtime", ".pte": "executorch"}
+RUNTIME_BY_EXTENSION[".mlpackage"] = "coremltools"  # a folder
 _ORT_DTYPES = {
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
@@ -310,16 +311,216 @@ def _without_native_stderr(build: Callable[[], Any]) -> Any:
         os.close(null)
 
 
+# --- coreml ---------------------------------------------------------------------------------------
+
+# Core ML's input array dtypes (ArrayFeatureType.ArrayDataType) -> numpy.
+_COREML_DTYPES = {"INT32": np.int32, "FLOAT32": np.float32, "FLOAT16": np.float16, "DOUBLE": np.float64}
+
+
+def coreml_needs_macos(name: str) -> str:
+    """Why a Core ML package cannot run on this host: one sentence with the fix."""
+    return (
+        f"Core ML prediction needs macOS, so {name} can be converted and inspected on this {sys.platform} "
+        "host but runs only on a Mac; copy it to one to run it."
+    )
+
+
+class CoreMLSession(Session):
+    """An ML Program loaded with coremltools on macOS; its batch is fixed at 1, so rows run one by one."""
+
+    runtime = "coremltools"
+
+    def __init__(self, model: Any) -> None:
+        from coremltools.proto import FeatureTypes_pb2
+
+        self.model = model
+        names = FeatureTypes_pb2.ArrayFeatureType.ArrayDataType
+        description = model.get_spec().description
+        self._dtypes = {
+            f.name: _COREML_DTYPES[names.Name(f.type.multiArrayType.dataType)] for f in description.input
+        }
+        self._output = description.output[0].name
+
+    @classmethod
+    def load(cls, path: Path, threads: int | None) -> CoreMLSession:
+        """``threads`` is ignored: Core ML picks its compute units (CPU, GPU, Neural Engine) itself."""
+        if sys.platform != "darwin":
+            raise RunnerError(coreml_needs_macos(path.name))
+        try:
+            import coremltools as ct
+        except ImportError as exc:
+            raise RunnerError(
+                f"{path.name} needs coremltools; install it with `pip install coremltools`."
+            ) from exc
+        try:
+            return cls(ct.models.MLModel(str(path)))
+        except Exception as exc:  # coremltools raises plain Exception for packages it cannot compile
+            raise RunnerError(f"Core ML cannot load {path.name}: {_first_line(exc)}.") from exc
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self._dtypes)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return run_rows(self._run_one, {name: inputs[name] for name in self._dtypes})
+
+    def _run_one(self, row: dict[str, np.ndarray]) -> np.ndarray:
+        feed = {
+            name: np.ascontiguousarray(row[name].astype(dtype, copy=False))
+            for name, dtype in self._dtypes.items()
+        }
+        try:
+            return np.asarray(self.model.predict(feed)[self._output])
+        except Exception as exc:
+            raise RunnerError(f"Core ML failed to run the artifact: {_first_line(exc)}.") from exc
+
+
+# --- executorch -----------------------------------------------------------------------------------
+
+# The constant method an edge-distill .pte carries beside forward: a JSON string with forward's parameter
+# names (the runtime's method metadata has dtypes and shapes but no names) and the export's delegation.
+PTE_METADATA_METHOD = "edge_distill_metadata"
+# ExecuTorch ScalarType codes (runtime/core/portable_type/scalar_type.h) -> numpy.
+EXECUTORCH_DTYPES = {
+    0: np.uint8,
+    1: np.int8,
+    2: np.int16,
+    3: np.int32,
+    4: np.int64,
+    5: np.float16,
+    6: np.float32,
+    7: np.float64,
+    11: np.bool_,
+}
+
+
+class ExecuTorchSession(Session):
+    """A .pte program's ``forward`` in the ExecuTorch runtime (``executorch.runtime``, which needs torch).
+
+    The program has a fixed batch of 1, so ``run`` goes row by row. ``threads`` resizes the runtime's one
+    process-wide thread pool (XNNPACK's); ``threads_applied`` is False where the runtime cannot.
+    """
+
+    runtime = "executorch"
+
+    def __init__(self, method: Any, names: list[str], threads_applied: bool) -> None:
+        self.method = method
+        meta = method.metadata  # (1, ...) sizes and ScalarType codes of each input
+        specs = [meta.input_tensor_meta(i) for i in range(meta.num_inputs())]
+        self._inputs = {
+            name: (EXECUTORCH_DTYPES.get(spec.dtype()), tuple(spec.sizes()))
+            for name, spec in zip(names, specs, strict=True)
+        }
+        self.threads_applied = threads_applied
+
+    @classmethod
+    def load(cls, path: Path, threads: int | None) -> ExecuTorchSession:
+        try:
+            from executorch.runtime import Runtime
+        except ImportError as exc:
+            raise RunnerError(
+                f"{path.name} needs executorch; install it with `pip install executorch`."
+            ) from exc
+        with _native_stderr_captured() as log:  # cpuinfo/threadpool lines; the C++ loader's error logs
+            try:
+                runtime = Runtime.get()
+                applied = threads is None or _set_executorch_threads(threads)
+                program = runtime.load_program(path)
+                method = program.load_method("forward")
+                names = _pte_input_names(program, method)
+            except Exception as exc:  # RuntimeError with only an error code; the reason is in the log
+                raise RunnerError(f"ExecuTorch cannot load {path.name}: {_et_reason(exc, log)}.") from exc
+        return cls(method, names, applied)
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self._inputs)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return run_rows(self._run_one, {name: inputs[name] for name in self._inputs})
+
+    def _run_one(self, row: dict[str, np.ndarray]) -> np.ndarray:
+        import torch  # the runtime takes and returns torch tensors
+
+        tensors = []
+        for name, (dtype, sizes) in self._inputs.items():
+            array = np.asarray(row[name])
+            if array.shape != sizes:
+                raise RunnerError(
+                    f"Input {name!r} has shape {array.shape} per row but the artifact expects {sizes}; pad "
+                    "or truncate to the shape of the export's example."
+                )
+            cast = array if dtype is None else array.astype(dtype, copy=False)
+            tensors.append(torch.from_numpy(np.ascontiguousarray(cast)))
+        with _native_stderr_captured() as log:
+            try:
+                out = self.method.execute(tensors)[0]
+            except Exception as exc:
+                raise RunnerError(f"ExecuTorch failed to run the artifact: {_et_reason(exc, log)}.") from exc
+        return out.detach().float().numpy() if out.dtype.is_floating_point else out.numpy()
+
+
+def _set_executorch_threads(threads: int) -> bool:
+    """Resize the runtime's process-wide thread pool; False where this runtime build does not expose it."""
+    from executorch.extension.pybindings import portable_lib
+
+    reset = getattr(portable_lib, "_unsafe_reset_threadpool", None)
+    if reset is None:
+        return False
+    reset(int(threads))
+    return True
+
+
+def _pte_input_names(program: Any, method: Any) -> list[str]:
+    """forward's parameter names from the metadata method; ``input_<i>`` for a .pte made elsewhere."""
+    count = method.metadata.num_inputs()
+    if PTE_METADATA_METHOD in program.method_names:
+        names = json.loads(program.load_method(PTE_METADATA_METHOD).execute([])[0]).get("inputs", [])
+        if len(names) == count:
+            return list(names)
+    return [f"input_{i}" for i in range(count)]
+
+
+def _et_reason(exc: BaseException, log: list[str]) -> str:
+    """The runtime's own error line (e.g. a backend that is not registered) before the exception's."""
+    errors = [line for line in log if " E " in line or "rror" in line or "not registered" in line]
+    reason = errors[-1].split("] ", 1)[-1].strip() if errors else ""
+    return f"{reason} ({_first_line(exc)})" if reason else _first_line(exc)
+
+
+@contextlib.contextmanager
+def _native_stderr_captured() -> Iterator[list[str]]:
+    """What native code writes to fd 2 goes to a temp file; its lines land in the yielded list on exit."""
+    lines: list[str] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real fd 2 (an embedded interpreter): nothing to capture
+        yield lines
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines.extend(sink.read().decode(errors="replace").splitlines())
+
+
 # --- registry of runtimes -------------------------------------------------------------------------
 
 # runtime -> loader(path, threads) -> Session. Each runtime's section above adds itself here.
 _LOADERS: dict[str, Callable[[Path, int | None], Session]] = {"onnxruntime": OrtSession.load}
 _LOADERS["tflite-runtime"] = LiteRtSession.load
+_LOADERS["coremltools"] = CoreMLSession.load
 
 
 # runtime -> the distributions that provide it; the first one installed is reported.
 _RUNTIME_DISTRIBUTIONS = {
     "onnxruntime": ("onnxruntime",),
+    "coremltools": ("coremltools",),
     "tflite-runtime": ("ai-edge-litert", "tflite-runtime"),  # tflite-runtime: a Raspberry Pi's wheel
 }
 
@@ -336,7 +537,9 @@ def runtime_version(runtime: str) -> str:
 
 
 def artifact_size_bytes(path: Path) -> int:
-    """The artifact's bytes, including any external-data files it references."""
+    """The artifact's bytes, with any external-data files it references; a folder's (.mlpackage) files."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     files = {path} | _external_data_files(path)
     return sum(f.stat().st_size for f in files if f.is_file())
 
@@ -414,7 +617,7 @@ def profile_artifact(
     path = Path(path)
     runtime = runtime_for(path)
     batch1 = {name: np.asarray(array)[:1] for name, array in inputs.items()}  # (1, ...)
-    size_mb = artifact_size_bytes(path) / 2**20 if path.is_file() else 0.0
+    size_mb = artifact_size_bytes(path) / 2**20 if path.exists() else 0.0
     _reset_peak_rss()
     rss_before = _current_rss_bytes()
     start = time.perf_counter()
