@@ -130,6 +130,16 @@ def test_user_profile_by_path(tmp_path: Path) -> None:
     assert load_profile(str(profile.path)).name == "my-board"
 
 
+def test_coreml_deployment_target_is_optional_and_read(tmp_path: Path) -> None:
+    assert load_profile(write(tmp_path, VALID)).coreml_deployment_target is None
+    text = replace("schema = 1", 'schema = 1\ncoreml_deployment_target = "macOS14"')
+    profile = load_profile(write(tmp_path, text, name="apple.toml"))
+    assert profile.coreml_deployment_target == "macOS14"
+    assert profile.as_dict()["coreml_deployment_target"] == "macOS14"
+    assert load_profile("iphone-15-pro").coreml_deployment_target == "iOS17"
+    assert load_profile("mac-m2").coreml_deployment_target == "macOS13"
+
+
 def test_did_you_mean() -> None:
     with pytest.raises(ProfileError) as info:
         load_profile("raspbery-pi")
@@ -178,6 +188,16 @@ BAD_CASES = {
     "unknown arch": (replace('arch = "arm64"', 'arch = "aarch64"'), "'cpu.arch'", "arm64"),
     "schema version": (replace("schema = 1", "schema = 2"), "'schema'", "schema = 1"),
     "bad name": (replace('name = "my-board"', 'name = "My Board"'), "'name'", "lowercase"),
+    "unknown coreml deployment target": (
+        replace("schema = 1", 'schema = 1\ncoreml_deployment_target = "iOS14"'),
+        "'coreml_deployment_target'",
+        "iOS16",
+    ),
+    "coreml deployment target not a string": (
+        replace("schema = 1", "schema = 1\ncoreml_deployment_target = 17"),
+        "'coreml_deployment_target'",
+        "expected a string",
+    ),
     "hardware in a measured profile": (
         replace("schema = 1", "schema = 1\nmeasured = true"),
         "'cpu'",
