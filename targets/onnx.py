@@ -2,7 +2,8 @@
 
 The batch dimension is dynamic, every other dimension keeps the example's size (a fixed sequence length).
 The exporter's own chatter (progress prints, warnings, logging) is captured and kept off the console; a
-failure becomes one ExportError sentence naming the op when the exporter names one.
+failure becomes one ExportError sentence naming the op when the exporter names one. ``int8-dynamic`` and
+``int8`` (static, calibrated) quantize the fp32 export with onnxruntime.quantization (``onnx_quant``).
 
 Example:
     >>> target = OnnxTarget()
@@ -31,7 +32,7 @@ import numpy as np
 from edge_distill.errors import DeviceError, ExportError
 
 from . import runner
-from .base import OUTPUT_NAME, check_precision
+from .base import OUTPUT_NAME, check_precision, require_calibration
 
 if TYPE_CHECKING:
     import torch
@@ -43,6 +44,10 @@ ARTIFACT_NAME = "model.onnx"
 _EMBED_LIMIT_BYTES = 1536 * 2**20
 # Loggers that the exporter and its optimizer write warnings to during an export.
 _EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch._dynamo", "torch.fx", "onnxscript")
+# onnxruntime.quantization logs with logging.warning(), i.e. to the root logger ("").
+_QUANTIZER_LOGGERS = ("", "onnxruntime", "onnx")
+# Ops that carry quantized tensors or quantize them, as counted by inspect().
+_QUANT_OP = re.compile(r"^(QLinear\w+|DynamicQuantize\w*|QuantizeLinear|DequantizeLinear|\w+Integer\w*)$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -52,7 +57,7 @@ class OnnxTarget:
     name = "onnx"
     extension = ".onnx"
     runtime = "onnxruntime"
-    precisions = ("fp32",)
+    precisions = ("fp32", "int8-dynamic", "int8")
 
     def __init__(self, *, opset: int | None = None, threads: int | None = None) -> None:
         self.opset = opset  # None: the exporter's recommended opset
@@ -73,8 +78,13 @@ class OnnxTarget:
         precision: str = "fp32",
         calibration: dict[str, torch.Tensor] | None = None,
     ) -> Path:
-        """Write ``out_dir/model.onnx`` atomically (temp dir beside ``out_dir``, then rename)."""
+        """Write ``out_dir/model.onnx`` atomically (temp dir beside ``out_dir``, then rename).
+
+        ``int8`` needs ``calibration`` (held-out training rows); ``int8-dynamic`` needs none.
+        """
         check_precision(self, precision)
+        if precision == "int8":
+            require_calibration(self, precision, calibration)
         if not self.available():
             raise ExportError(
                 "The onnx target needs onnx, onnxscript and onnxruntime; "
@@ -85,14 +95,24 @@ class OnnxTarget:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
         try:
             program = _export_program(model, example, opset=self.opset)
-            program.save(tmp / ARTIFACT_NAME, external_data=_weight_bytes(model) > _EMBED_LIMIT_BYTES)
+            external_data = _weight_bytes(model) > _EMBED_LIMIT_BYTES
+            if precision == "fp32":
+                program.save(tmp / ARTIFACT_NAME, external_data=external_data)
+            else:
+                _save_quantized(program, tmp, precision, calibration, external_data=external_data)
             _publish(tmp, out_dir)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return out_dir / ARTIFACT_NAME
 
     def inspect(self, path: Path) -> dict[str, Any]:
-        """The graph's inputs and outputs (name, element type, shape with ``batch``) and its op counts."""
+        """The graph's inputs and outputs (name, element type, shape with ``batch``), its op counts, the
+        quantization ops among them, and the weights' element types (tensor count and bytes of each).
+
+        Example:
+            >>> OnnxTarget().inspect(Path("out/int8/model.onnx"))["weights"]["int8"]["tensors"]
+            28
+        """
         import onnx
 
         model = onnx.load(str(path), load_external_data=False)
@@ -115,6 +135,8 @@ class OnnxTarget:
             "outputs": signature(model.graph.output),
             "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
             "ops": dict(sorted(ops.items())),
+            "quantization_ops": {op: count for op, count in sorted(ops.items()) if _QUANT_OP.match(op)},
+            "weights": _weight_types(model),
         }
 
     def load(self, path: Path) -> Any:
@@ -159,6 +181,54 @@ def _export_program(model: torch.nn.Module, example: dict[str, torch.Tensor], *,
     return program
 
 
+def _save_quantized(
+    program: Any,
+    tmp: Path,
+    precision: str,
+    calibration: dict[str, torch.Tensor] | None,
+    *,
+    external_data: bool,
+) -> None:
+    """Quantize the fp32 export into ``tmp/model.onnx`` (float graph in a scratch dir) and check it loads."""
+    from . import onnx_quant
+
+    rows = {name: value.detach().cpu().numpy() for name, value in (calibration or {}).items()}
+    with tempfile.TemporaryDirectory(prefix=".float-", dir=tmp.parent) as work:
+        float_path = Path(work) / ARTIFACT_NAME
+        program.save(float_path, external_data=external_data)
+        with _quiet_exporter(_QUANTIZER_LOGGERS) as captured:
+            try:
+                onnx_quant.quantize(
+                    float_path,
+                    tmp / ARTIFACT_NAME,
+                    precision=precision,
+                    calibration=rows,
+                    external_data=external_data,
+                )
+            except ExportError:
+                logger.debug(
+                    "onnx %s quantization failed; quantizer output:\n%s", precision, captured.getvalue()
+                )
+                raise
+    try:
+        runner.load_session(tmp / ARTIFACT_NAME)
+    except runner.RunnerError as exc:
+        raise ExportError(onnx_quant.load_failure(str(exc), precision)) from exc
+
+
+def _weight_types(model: Any) -> dict[str, dict[str, int]]:
+    """{element type: {"tensors": count, "bytes": size}} over the initializers, largest total first."""
+    import onnx
+
+    totals: dict[str, dict[str, int]] = {}
+    for tensor in model.graph.initializer:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        entry = totals.setdefault(dtype.name, {"tensors": 0, "bytes": 0})
+        entry["tensors"] += 1
+        entry["bytes"] += int(np.prod(tensor.dims, dtype=np.int64)) * dtype.itemsize
+    return dict(sorted(totals.items(), key=lambda item: -item[1]["bytes"]))
+
+
 def _at_least_two_rows(example: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Repeat a batch-1 example to two rows, so the exporter cannot specialise the batch to 1."""
     sizes = {int(value.shape[0]) for value in example.values()}
@@ -195,12 +265,12 @@ def _publish(tmp: Path, out_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_exporter() -> Iterator[io.StringIO]:
-    """Capture the exporter's prints, warnings and log records into one buffer."""
+def _quiet_exporter(loggers: tuple[str, ...] = _EXPORTER_LOGGERS) -> Iterator[io.StringIO]:
+    """Capture the exporter's (or quantizer's) prints, warnings and log records into one buffer."""
     buffer = io.StringIO()
     handler = logging.StreamHandler(buffer)
     saved = []
-    for name in _EXPORTER_LOGGERS:
+    for name in loggers:
         log = logging.getLogger(name)
         saved.append((log, log.handlers, log.propagate, log.level))
         log.handlers = [handler]  # torch installs its own stderr handlers on some of these
