@@ -178,7 +178,17 @@ def _export_program(model: torch.nn.Module, example: dict[str, torch.Tensor], *,
     finally:
         model.train(was_training)
     _check_single_output(program)
+    _strip_stack_traces(program)
     return program
+
+
+def _strip_stack_traces(program: Any) -> None:
+    """Drop the Python stack trace the exporter records on every node: it holds this machine's absolute
+    paths, which an artifact should not ship, and it is most of a small model's file."""
+    import onnx_ir as ir
+
+    for node in ir.traversal.RecursiveGraphIterator(program.model.graph):
+        node.metadata_props.pop("pkg.torch.onnx.stack_trace", None)
 
 
 def _save_quantized(
