@@ -30,7 +30,7 @@ from edge_distill.errors import DataError, EdgeDistillError, ExportError
 from edge_distill.families import Family, get_family
 from edge_distill.profiles import DeviceProfile
 from edge_distill.shipping import ShipData, ship
-from edge_distill.targets.base import TARGETS, Metric, get_target
+from edge_distill.targets.base import TARGETS, Metric, check_precision, get_target
 
 if TYPE_CHECKING:
     from edge_distill.loop import Context
@@ -93,22 +93,27 @@ def text_ship_data(
 def resolve_pairs(targets: Sequence[str], precisions: Sequence[str] | None) -> list[tuple[str, str]]:
     """(target, precision) pairs: ``all`` targets are every registered one; no precision is each
     target's default (its first); ``all`` precisions are every one a target offers. An explicit precision
-    with ``all`` targets goes to the targets that offer it."""
-    names = TARGETS.names() if "all" in targets else list(dict.fromkeys(targets))
+    goes to the ``all`` targets that offer it; a named target that lacks it is an ExportError now, before
+    anything is loaded.
+    """
+    every = "all" in targets
+    names = TARGETS.names() if every else list(dict.fromkeys(targets))
     pairs = []
     for name in names:
-        offered = get_target(name).precisions
+        target = get_target(name)  # an unknown name fails here, with the closest known one
         if precisions is None:
-            wanted = [offered[0]]
+            wanted = [target.precisions[0]]
         elif "all" in precisions:
-            wanted = list(offered)
+            wanted = list(target.precisions)
         else:
-            wanted = [p for p in precisions if p in offered or "all" not in targets]
+            wanted = [p for p in dict.fromkeys(precisions) if p in target.precisions or not every]
+            for precision in wanted:
+                check_precision(target, precision)
         pairs += [(name, p) for p in wanted]
     if not pairs:
         raise ExportError(
-            f"No target offers precision {', '.join(precisions or [])}; run `edge-distill export --help` "
-            "for each target's precisions."
+            f"No target offers precision {', '.join(precisions or [])}; the precisions are "
+            "fp32, fp16, int8, int8-dynamic and palettized (see `edge-distill export --help`)."
         )
     return pairs
 

@@ -77,6 +77,17 @@ def test_tiny_teacher_fits_host(tiny_teacher_dir: Path, tiny_csv: Path, tmp_path
     assert not (out_dir / "artifacts" / "round-1-onnx").exists()  # the round's export became the bundle
     record = json.loads((out_dir / "student" / "edge_distill.json").read_text())
     assert record["data"]["source"] == str(tiny_csv.resolve())
+    # the student exports again later with nothing but its folder: the run recorded its data
+    code, out, err = run(
+        capsys, "export", str(out_dir / "student"), "--target", "onnx", "--precision", "int8"
+    )
+    assert code == 0, err
+    assert (
+        json.loads((out_dir / "artifacts" / "onnx-int8" / "metadata.json").read_text())["verification"][
+            "status"
+        ]
+        == "verified"
+    )
     assert (out_dir / "student" / "config.json").is_file()
     assert (out_dir / "student" / "tokenizer.json").is_file()
     assert not list(tmp_path.glob(".*partial"))
