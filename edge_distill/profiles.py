@@ -34,7 +34,7 @@ from edge_distill.errors import ProfileError
 
 SCHEMA_VERSION = 1
 # Kept here rather than read from the targets registry so that loading a profile imports no backend.
-KNOWN_TARGETS = ("onnx", "executorch", "tflite", "coreml")
+KNOWN_TARGETS = ("onnx", "executorch", "executorch-coreml", "tflite", "coreml")
 PRECISIONS = ("fp32", "fp16", "int8")
 ARCHES = ("arm64", "armv7", "armv7e-m", "armv8-m", "riscv32", "riscv64", "x86_64", "xtensa")
 MEASURED_SOURCE = "measured on this host"

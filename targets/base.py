@@ -125,6 +125,8 @@ def require_calibration(target: Target, precision: str, calibration: dict[str, A
 
 TARGETS: Registry[type[Target]] = Registry("target")
 TARGETS.register("onnx", "edge_distill.targets.onnx:OnnxTarget")
+TARGETS.register("executorch", "edge_distill.targets.executorch:ExecuTorchTarget")
+TARGETS.register("executorch-coreml", "edge_distill.targets.executorch:ExecuTorchCoreMLTarget")
 TARGETS.register("coreml", "edge_distill.targets.coreml:CoreMLTarget")
 TARGETS.register("tflite", "edge_distill.targets.tflite:TfliteTarget")
 

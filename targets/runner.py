@@ -15,13 +15,16 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import resource
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -421,16 +424,15 @@ class ExecuTorchSession(Session):
             raise RunnerError(
                 f"{path.name} needs executorch; install it with `pip install executorch`."
             ) from exc
-        with _native_stderr_captured() as log:  # cpuinfo/threadpool lines; the C++ loader's error logs
-            try:
-                runtime = Runtime.get()
-                applied = threads is None or _set_executorch_threads(threads)
-                program = runtime.load_program(path)
-                method = program.load_method("forward")
-                names = _pte_input_names(program, method)
-            except Exception as exc:  # RuntimeError with only an error code; the reason is in the log
-                raise RunnerError(f"ExecuTorch cannot load {path.name}: {_et_reason(exc, log)}.") from exc
-        return cls(method, names, applied)
+
+        def load() -> tuple[Any, list[str], bool]:
+            runtime = Runtime.get()
+            applied = threads is None or _set_executorch_threads(threads)
+            program = runtime.load_program(path)
+            method = program.load_method("forward")
+            return method, _pte_input_names(program, method), applied
+
+        return cls(*_et_call(load, f"ExecuTorch cannot load {path.name}"))
 
     @property
     def input_names(self) -> list[str]:
@@ -452,11 +454,7 @@ class ExecuTorchSession(Session):
                 )
             cast = array if dtype is None else array.astype(dtype, copy=False)
             tensors.append(torch.from_numpy(np.ascontiguousarray(cast)))
-        with _native_stderr_captured() as log:
-            try:
-                out = self.method.execute(tensors)[0]
-            except Exception as exc:
-                raise RunnerError(f"ExecuTorch failed to run the artifact: {_et_reason(exc, log)}.") from exc
+        out = _et_call(lambda: self.method.execute(tensors)[0], "ExecuTorch failed to run the artifact")
         return out.detach().float().numpy() if out.dtype.is_floating_point else out.numpy()
 
 
@@ -481,32 +479,47 @@ def _pte_input_names(program: Any, method: Any) -> list[str]:
     return [f"input_{i}" for i in range(count)]
 
 
-def _et_reason(exc: BaseException, log: list[str]) -> str:
-    """The runtime's own error line (e.g. a backend that is not registered) before the exception's."""
-    errors = [line for line in log if " E " in line or "rror" in line or "not registered" in line]
-    reason = errors[-1].split("] ", 1)[-1].strip() if errors else ""
-    return f"{reason} ({_first_line(exc)})" if reason else _first_line(exc)
+def _et_call(step: Callable[[], Any], failure: str) -> Any:
+    """``step()`` with the runtime's native log (cpuinfo and threadpool lines, its error lines) kept off
+    the console; a failure is a RunnerError with the runtime's log line that names the cause ("Backend
+    CoreMLBackend is not registered.", "Missing operator: [0] aten::avg_pool3d.out"), else its last line:
+    its exceptions carry only an error code."""
+    log: list[str] = []
+    try:
+        with _native_stderr_into(log):
+            return step()
+    except RunnerError:
+        raise
+    except Exception as exc:
+        named = [line for line in log if "Missing operator" in line or "not registered" in line]
+        reason = (named or log or [""])[-1].split("] ", 1)[-1].strip().rstrip(".")  # "[method.cpp:85] ..."
+        detail = f"{reason} ({_first_line(exc)})" if reason else _first_line(exc)
+        raise RunnerError(f"{failure}: {detail}.") from exc
 
 
 @contextlib.contextmanager
-def _native_stderr_captured() -> Iterator[list[str]]:
-    """What native code writes to fd 2 goes to a temp file; its lines land in the yielded list on exit."""
-    lines: list[str] = []
+def _native_stderr_into(lines: list[str]) -> Iterator[None]:
+    """What is written to stderr, by native code to fd 2 or through ``sys.stderr`` (the pybindings' log
+    in some builds), goes to ``lines`` instead, on exit."""
+    text = io.StringIO()
     try:
         sys.stderr.flush()
         saved = os.dup(2)
-    except (OSError, ValueError):  # no real fd 2 (an embedded interpreter): nothing to capture
-        yield lines
+    except (OSError, ValueError):  # no real fd 2 (an embedded interpreter): only sys.stderr
+        with contextlib.redirect_stderr(text):
+            yield
+        lines.extend(text.getvalue().splitlines())
         return
-    with tempfile.TemporaryFile() as sink:
+    with tempfile.TemporaryFile() as sink, contextlib.redirect_stderr(text):
         os.dup2(sink.fileno(), 2)
         try:
-            yield lines
+            yield
         finally:
             os.dup2(saved, 2)
             os.close(saved)
             sink.seek(0)
             lines.extend(sink.read().decode(errors="replace").splitlines())
+            lines.extend(text.getvalue().splitlines())
 
 
 # --- registry of runtimes -------------------------------------------------------------------------
@@ -515,12 +528,14 @@ def _native_stderr_captured() -> Iterator[list[str]]:
 _LOADERS: dict[str, Callable[[Path, int | None], Session]] = {"onnxruntime": OrtSession.load}
 _LOADERS["tflite-runtime"] = LiteRtSession.load
 _LOADERS["coremltools"] = CoreMLSession.load
+_LOADERS["executorch"] = ExecuTorchSession.load
 
 
 # runtime -> the distributions that provide it; the first one installed is reported.
 _RUNTIME_DISTRIBUTIONS = {
     "onnxruntime": ("onnxruntime",),
     "coremltools": ("coremltools",),
+    "executorch": ("executorch",),
     "tflite-runtime": ("ai-edge-litert", "tflite-runtime"),  # tflite-runtime: a Raspberry Pi's wheel
 }
 

@@ -27,8 +27,8 @@ from edge_distill.teachers import load_teacher
 # target -> the precisions it must offer (the first is its default). Every registered target needs one.
 CASES = {
     "onnx": ("fp32", "int8-dynamic", "int8"),
-    "executorch": ("fp32", "int8"),
-    "executorch-coreml": ("fp16",),
+    "executorch": ("fp32", "int8", "int8-dynamic"),
+    "executorch-coreml": ("fp16", "fp32"),
     "tflite": ("fp32", "fp16", "int8-dynamic", "int8"),
     "coreml": ("fp16", "fp32", "int8", "palettized"),
 }
