@@ -298,20 +298,9 @@ def _to_litert(name: str, value: np.ndarray, detail: dict[str, Any]) -> np.ndarr
 
 
 def _without_native_stderr(build: Callable[[], Any]) -> Any:
-    """``build()`` with what native code writes to fd 2 sent to /dev/null (the interpreter's INFO lines)."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real fd 2 (an embedded interpreter): nothing to silence
+    """``build()`` with what native code writes to fd 2 discarded (the interpreter's INFO lines)."""
+    with _native_stderr_into([]):
         return build()
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, 2)
-        return build()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(null)
 
 
 # --- coreml ---------------------------------------------------------------------------------------
