@@ -13,28 +13,33 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import io
 import json
 import logging
-import os
-import re
-import shutil
 import sys
-import tempfile
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_distill.errors import DeviceError, ExportError
+from edge_distill.errors import ExportError
 from edge_distill.profiles import COREML_DEPLOYMENT_TARGETS
 
 from . import runner
 from .base import OUTPUT_NAME, check_precision
+from .common import (
+    TRACEABLE_FIX,
+    RunnerSessions,
+    batch_of_one,
+    cannot_trace,
+    check_single_output,
+    evaluating,
+    failed_to,
+    find_op,
+    installed,
+    quiet,
+    quiet_export,
+    staged_export,
+)
 from .coreml_spec import META, describe, features
 
 if TYPE_CHECKING:
@@ -55,9 +60,15 @@ WEIGHT_THRESHOLD = 2048
 _PALETTE_BITS_OK = (1, 2, 4, 6, 8)  # what constexpr_lut_to_dense takes before iOS18
 _COMPRESSED = ("int8", "palettized")
 _LOGGERS = ("coremltools", "torch.export", "torch._export", "torch._dynamo", "torch.fx")
+# Where the converter (or its output) names the op it cannot convert.
+_OP_PATTERNS = (
+    r"Unsupported fx node \S+, kind ([\w.]+)",
+    r"convert function for op '([\w.]+)'",
+    r"converting '([\w.]+)' op",
+)
 
 
-class CoreMLTarget:
+class CoreMLTarget(RunnerSessions):
     """Convert to a Core ML ML Program; load and run with coremltools on macOS only."""
 
     name = "coreml"
@@ -93,7 +104,7 @@ class CoreMLTarget:
         return cls(deployment_target=profile.coreml_deployment_target)
 
     def available(self) -> bool:
-        return importlib.util.find_spec("coremltools") is not None
+        return installed("coremltools")
 
     def unverifiable_reason(self) -> str | None:
         if sys.platform == "darwin":
@@ -119,21 +130,15 @@ class CoreMLTarget:
         """
         check_precision(self, precision)
         self._check_can_export(precision)
-        out_dir = Path(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-        try:
+        with staged_export(out_dir, ARTIFACT_NAME) as tmp:  # an existing package is swapped whole
             mlmodel = self._convert(model, example, precision)
-            with _quiet():
+            with quiet(_LOGGERS):
                 mlmodel.save(str(tmp / ARTIFACT_NAME))
             # coremltools' ExecuTorch debug-handle map: outside the Manifest, unused by Core ML, and as
             # large as the spec itself on a small model.
             (tmp / ARTIFACT_NAME / "executorch_debug_handle_mapping.json").unlink(missing_ok=True)
             self._check_compressed(self.inspect(tmp / ARTIFACT_NAME), precision)
-            _publish(tmp, out_dir)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return out_dir / ARTIFACT_NAME
+        return Path(out_dir) / ARTIFACT_NAME
 
     def inspect(self, path: Path) -> dict[str, Any]:
         """What can be checked without running: the declared signature, the ops and the stored weights.
@@ -148,18 +153,6 @@ class CoreMLTarget:
         """
         path = Path(path)
         return describe(_load_spec(path), path) | {"size_bytes": runner.artifact_size_bytes(path)}
-
-    def load(self, path: Path) -> Any:
-        try:
-            return runner.load_session(Path(path))
-        except runner.RunnerError as exc:
-            raise DeviceError(str(exc)) from exc
-
-    def run(self, session: Any, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        try:
-            return runner.run_session(session, inputs)
-        except runner.RunnerError as exc:
-            raise DeviceError(str(exc)) from exc
 
     def _check_can_export(self, precision: str) -> None:
         if not self.available():
@@ -183,27 +176,23 @@ class CoreMLTarget:
 
     def _convert(self, model: torch.nn.Module, example: dict[str, torch.Tensor], precision: str) -> Any:
         """The MLModel for ``model(**example)`` at batch 1, compressed for ``precision``."""
-        example = {name: value[:1] for name, value in example.items()}  # (1, ...): apps run batch 1
+        example = batch_of_one(example)  # (1, ...): apps run batch 1
         program = _export_program(model, example)
-        with _quiet() as captured:
+        what = "coreml conversion failed; output"
+        with quiet_export(_describe_failure, log=logger, what=what, loggers=_LOGGERS):
             import coremltools as ct
 
-            inputs = _input_types(ct, program, example)
             fp32 = precision == "fp32"
-            try:
-                mlmodel = ct.convert(
-                    program,
-                    convert_to="mlprogram",
-                    inputs=inputs,
-                    outputs=[ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)],
-                    minimum_deployment_target=getattr(ct.target, self.deployment_target),
-                    compute_precision=ct.precision.FLOAT32 if fp32 else ct.precision.FLOAT16,
-                    skip_model_load=True,  # loading compiles the model, which needs macOS
-                )
-                mlmodel = self._compress(mlmodel, precision)
-            except Exception as exc:
-                logger.debug("coreml conversion failed; output:\n%s", captured.getvalue(), exc_info=True)
-                raise ExportError(_describe_failure(exc, captured.getvalue())) from exc
+            mlmodel = ct.convert(
+                program,
+                convert_to="mlprogram",
+                inputs=_input_types(ct, program, example),
+                outputs=[ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)],
+                minimum_deployment_target=getattr(ct.target, self.deployment_target),
+                compute_precision=ct.precision.FLOAT32 if fp32 else ct.precision.FLOAT16,
+                skip_model_load=True,  # loading compiles the model, which needs macOS
+            )
+            mlmodel = self._compress(mlmodel, precision)
         self._record(mlmodel, precision)
         return mlmodel
 
@@ -239,27 +228,11 @@ def _export_program(model: torch.nn.Module, example: dict[str, torch.Tensor]) ->
     """``torch.export`` with the default decompositions (coremltools converts ATen, not ``new_ones``)."""
     import torch
 
-    was_training = model.training
-    model.eval()
-    with _quiet() as captured:
-        try:
-            program = torch.export.export(model, (), kwargs=example).run_decompositions()
-        except Exception as exc:
-            logger.debug("torch.export failed; output:\n%s", captured.getvalue(), exc_info=True)
-            fix = "make forward traceable by torch.export (see the torch.export docs' ExportDB)"
-            if "data-dependent" in str(exc):
-                fix = "remove Python control flow on tensor values (.item(), `if tensor:`) from forward"
-            raise ExportError(
-                f"The coreml target cannot trace the model with torch.export ({_detail(exc)}); {fix}."
-            ) from exc
-        finally:
-            model.train(was_training)
-    outputs = program.graph_signature.user_outputs
-    if len(outputs) != 1:
-        raise ExportError(
-            f"The coreml target expects forward to return one tensor but it returns {len(outputs)}; "
-            "wrap the model so that forward returns only the logits."
-        )
+    what = "torch.export failed; output"
+    with evaluating(model), quiet_export(_describe_trace_failure, log=logger, what=what, loggers=_LOGGERS):
+        program = torch.export.export(model, (), kwargs=example).run_decompositions()
+    outputs = len(program.graph_signature.user_outputs)
+    check_single_output("coreml", outputs, f"it returns {outputs}")
     return program
 
 
@@ -282,17 +255,6 @@ def _input_types(ct: Any, program: Any, example: dict[str, torch.Tensor]) -> lis
     ]
 
 
-def _publish(tmp: Path, out_dir: Path) -> None:
-    """Move the finished package into ``out_dir``: the whole folder when new, else swap the package."""
-    if not out_dir.exists():
-        os.replace(tmp, out_dir)
-        return
-    target = out_dir / ARTIFACT_NAME
-    if target.exists():
-        os.replace(target, tmp / "stale.mlpackage")  # removed with tmp
-    os.replace(tmp / ARTIFACT_NAME, target)
-
-
 # --- reading the package -------------------------------------------------------------------------
 
 
@@ -302,7 +264,7 @@ def _load_spec(path: Path) -> Any:
             f"{path} is not a Core ML package (a .mlpackage folder with a Manifest.json); "
             "export it with the coreml target."
         )
-    with _quiet():
+    with quiet(_LOGGERS):
         import coremltools as ct
 
         try:
@@ -313,51 +275,26 @@ def _load_spec(path: Path) -> Any:
             ) from exc
 
 
-# --- failures and chatter ------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[io.StringIO]:
-    """Capture the converter's progress bars, prints, warnings and log records into one buffer."""
-    buffer = io.StringIO()
-    handler = logging.StreamHandler(buffer)
-    saved = []
-    for name in _LOGGERS:
-        log = logging.getLogger(name)
-        saved.append((log, log.handlers, log.propagate, log.level))
-        log.handlers, log.propagate = [handler], False
-        log.setLevel(logging.WARNING)
-    try:
-        with (
-            warnings.catch_warnings(),
-            contextlib.redirect_stdout(buffer),
-            contextlib.redirect_stderr(buffer),
-        ):
-            warnings.simplefilter("ignore")
-            yield buffer
-    finally:
-        for log, handlers, propagate, level in saved:
-            log.handlers, log.propagate = handlers, propagate
-            log.setLevel(level)
+# --- failures ------------------------------------------------------------------------------------
 
 
 def _describe_failure(exc: BaseException, output: str) -> str:
     """One sentence: the op Core ML could not convert when the converter names one, and the fix."""
-    text = f"{exc}\n{output}"
-    found = (
-        re.search(r"Unsupported fx node \S+, kind ([\w.]+)", text)
-        or re.search(r"convert function for op '([\w.]+)'", text)
-        or re.search(r"converting '([\w.]+)' op", text)
-    )
-    if found:
+    op = find_op(f"{exc}\n{output}", _OP_PATTERNS)
+    if op is not None:
         return (
-            f"The coreml target cannot convert op {found.group(1)} ({_detail(exc)}); replace it in the model "
+            f"The coreml target cannot convert op {op} ({_detail(exc)}); replace it in the model "
             "with ops Core ML supports, or register a converter for it with coremltools' @register_torch_op."
         )
-    return (
-        f"The coreml target failed to convert the model ({_detail(exc)}); "
-        "enable debug logging for the full trace."
-    )
+    return failed_to("coreml", "convert", _detail(exc))
+
+
+def _describe_trace_failure(exc: BaseException, output: str) -> str:
+    """One sentence for a forward that torch.export cannot trace, and the fix (``output`` is not read)."""
+    fix = TRACEABLE_FIX
+    if "data-dependent" in str(exc):
+        fix = "remove Python control flow on tensor values (.item(), `if tensor:`) from forward"
+    return cannot_trace("coreml", _detail(exc), fix=fix)
 
 
 def _detail(exc: BaseException, limit: int = 200) -> str:

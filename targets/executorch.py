@@ -20,24 +20,31 @@ Example:
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 import json
 import logging
-import os
-import shutil
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_distill.errors import DeviceError, ExportError
+from edge_distill.errors import ExportError
 
 from . import runner
 from .base import OUTPUT_NAME, check_precision, require_calibration
-from .executorch_support import describe_failure, quiet_exporter
+from .common import (
+    RunnerSessions,
+    batch_of_one,
+    check_single_output,
+    evaluating,
+    installed,
+    quiet,
+    quiet_export,
+    staged_export,
+)
+from .executorch_support import describe_failure
 
 if TYPE_CHECKING:
     import torch
@@ -50,7 +57,7 @@ ARTIFACT_NAME = "model.pte"
 METADATA_FORMAT = 1  # version of the JSON in the metadata method
 
 
-class ExecuTorchTarget:
+class ExecuTorchTarget(RunnerSessions):
     """Lower to the XNNPACK delegate (Arm and x86 CPUs); run with the ExecuTorch runtime's pybindings."""
 
     name = "executorch"
@@ -63,7 +70,7 @@ class ExecuTorchTarget:
         self.threads = threads  # None: the runtime's default thread pool
 
     def available(self) -> bool:
-        return importlib.util.find_spec("executorch") is not None
+        return installed("executorch")
 
     def unverifiable_reason(self) -> str | None:
         return None  # the pip wheel's runtime has the XNNPACK delegate on Linux, macOS and Windows
@@ -82,31 +89,13 @@ class ExecuTorchTarget:
         if precision == "int8":
             require_calibration(self, precision, calibration)
         self._require_installed()
-        out_dir = Path(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-        try:
+        with staged_export(out_dir, ARTIFACT_NAME) as tmp:
             (tmp / ARTIFACT_NAME).write_bytes(self._program_bytes(model, example, precision, calibration))
-            _publish(tmp, out_dir)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return out_dir / ARTIFACT_NAME
+        return Path(out_dir) / ARTIFACT_NAME
 
     def inspect(self, path: Path) -> dict[str, Any]:
         """forward's signature, the delegates (backend, subgraphs, ops) and the portable-kernel ops."""
         return inspect_pte(Path(path))
-
-    def load(self, path: Path) -> Any:
-        try:
-            return runner.load_session(Path(path), threads=self.threads)
-        except runner.RunnerError as exc:
-            raise DeviceError(str(exc)) from exc
-
-    def run(self, session: Any, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        try:
-            return runner.run_session(session, inputs)
-        except runner.RunnerError as exc:
-            raise DeviceError(str(exc)) from exc
 
     def partitioners(self, precision: str) -> list[Any]:
         """The partitioners that lower a program of ``precision`` (imported here: executorch is heavy)."""
@@ -128,14 +117,9 @@ class ExecuTorchTarget:
         calibration: dict[str, torch.Tensor] | None,
     ) -> bytes:
         """The serialized program; any failure of the export stack becomes one ExportError sentence."""
-        with quiet_exporter() as captured:
-            try:
-                return _lower(self, model, example, precision, calibration)
-            except ExportError:
-                raise
-            except Exception as exc:
-                logger.debug("%s export failed; exporter output:\n%s", self.name, captured.getvalue())
-                raise ExportError(describe_failure(self.name, exc)) from exc
+        what = f"{self.name} export failed; exporter output"
+        with quiet_export(functools.partial(describe_failure, self.name), log=logger, what=what, native=True):
+            return _lower(self, model, example, precision, calibration)
 
 
 class ExecuTorchCoreMLTarget(ExecuTorchTarget):
@@ -155,7 +139,7 @@ class ExecuTorchCoreMLTarget(ExecuTorchTarget):
         return cls(deployment_target=profile.coreml_deployment_target)
 
     def available(self) -> bool:
-        return all(importlib.util.find_spec(m) is not None for m in ("executorch", "coremltools"))
+        return installed("executorch", "coremltools")
 
     def unverifiable_reason(self) -> str | None:
         if sys.platform != "darwin":
@@ -198,18 +182,14 @@ def _lower(
 
     from .executorch_quant import QUANTIZED_PRECISIONS, quantize
 
-    example = {name: value[:1] for name, value in example.items()}  # (1, ...): a static batch of 1
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            program = torch.export.export(model, (), kwargs=example, strict=False)
-            if precision in QUANTIZED_PRECISIONS:
-                program = quantize(program, example, calibration, dynamic=precision == "int8-dynamic")
-            edge = to_edge_transform_and_lower(program, partitioner=target.partitioners(precision))
-    finally:
-        model.train(was_training)
-    _check_single_output(target, edge.exported_program())
+    example = batch_of_one(example)  # (1, ...): a static batch of 1
+    with evaluating(model), torch.no_grad():
+        program = torch.export.export(model, (), kwargs=example, strict=False)
+        if precision in QUANTIZED_PRECISIONS:
+            program = quantize(program, example, calibration, dynamic=precision == "int8-dynamic")
+        edge = to_edge_transform_and_lower(program, partitioner=target.partitioners(precision))
+    outputs = len(edge.exported_program().graph_signature.user_outputs)
+    check_single_output(target.name, outputs, f"the exported program has {outputs} outputs")
     metadata = _metadata(target, precision, program, edge.exported_program())
     executable = _with_metadata(edge, metadata).to_executorch()
     _check_kernels(target, executable.executorch_program)
@@ -231,15 +211,6 @@ def _check_kernels(target: ExecuTorchTarget, program: Any) -> None:
                     "ExecuTorch runtime, so the .pte would not load; replace it in the model with supported "
                     "ops or build the runtime with a kernel for it."
                 )
-
-
-def _check_single_output(target: ExecuTorchTarget, program: Any) -> None:
-    outputs = program.graph_signature.user_outputs
-    if len(outputs) != 1:
-        raise ExportError(
-            f"The {target.name} target expects forward to return one tensor but the exported program has "
-            f"{len(outputs)} outputs; wrap the model so that forward returns only the logits."
-        )
 
 
 def _metadata(target: ExecuTorchTarget, precision: str, exported: Any, lowered: Any) -> dict[str, Any]:
@@ -280,7 +251,7 @@ def inspect_pte(path: Path) -> dict[str, Any]:
         >>> inspect_pte(Path("out/et/model.pte"))["portable"]["aten::embedding.out"]
         3
     """
-    with quiet_exporter():  # the first import of executorch.exir imports torchao, which talks
+    with quiet(native=True):  # the first import of executorch.exir imports torchao, which talks
         from executorch.exir._serialize._program import deserialize_pte_binary
 
         program = deserialize_pte_binary(Path(path).read_bytes()).program
@@ -346,11 +317,3 @@ def _tensor_fact(name: str, value: Any) -> dict[str, Any]:
     dtype = runner.EXECUTORCH_DTYPES.get(int(value.scalar_type))
     dtype_name = np.dtype(dtype).name if dtype is not None else value.scalar_type.name.lower()
     return {"name": name, "dtype": dtype_name, "shape": list(value.sizes)}
-
-
-def _publish(tmp: Path, out_dir: Path) -> None:
-    """Move the finished export into ``out_dir``: a rename when new, else replace the one file."""
-    if not out_dir.exists():
-        os.replace(tmp, out_dir)
-        return
-    os.replace(tmp / ARTIFACT_NAME, out_dir / ARTIFACT_NAME)

@@ -14,25 +14,33 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import io
 import logging
-import os
 import re
-import shutil
 import tempfile
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_distill.errors import DeviceError, ExportError
+from edge_distill.errors import ExportError
 
 from . import runner
 from .base import OUTPUT_NAME, check_precision, require_calibration
+from .common import (
+    DATA_DEPENDENT_FIX,
+    TRACEABLE_FIX,
+    Failure,
+    RunnerSessions,
+    cannot_call,
+    cannot_trace,
+    check_single_output,
+    evaluating,
+    failed_to,
+    installed,
+    quiet,
+    quiet_export,
+    staged_export,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -48,10 +56,11 @@ _EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch._dyna
 _QUANTIZER_LOGGERS = ("", "onnxruntime", "onnx")
 # Ops that carry quantized tensors or quantize them, as counted by inspect().
 _QUANT_OP = re.compile(r"^(QLinear\w+|DynamicQuantize\w*|QuantizeLinear|DequantizeLinear|\w+Integer\w*)$")
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# Where the exporter names the aten op it failed on, e.g. ``aten.linalg_qr.default``.
+_OP_PATTERNS = (r"op='([\w.]+)', overload='(\w+)'", r"target=torch\.ops\.([\w.]+)")
 
 
-class OnnxTarget:
+class OnnxTarget(RunnerSessions):
     """Export with the dynamo ONNX exporter; load and run with onnxruntime on CPU."""
 
     name = "onnx"
@@ -64,7 +73,7 @@ class OnnxTarget:
         self.threads = threads  # None: onnxruntime's default
 
     def available(self) -> bool:
-        return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxscript", "onnxruntime"))
+        return installed("onnx", "onnxscript", "onnxruntime")
 
     def unverifiable_reason(self) -> str | None:
         return None  # onnxruntime runs everywhere this package installs
@@ -90,20 +99,15 @@ class OnnxTarget:
                 "The onnx target needs onnx, onnxscript and onnxruntime; "
                 "install them with `pip install onnx onnxscript onnxruntime`."
             )
-        out_dir = Path(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-        try:
+        # A re-export that embeds its weights must not leave the previous export's weight file beside it.
+        with staged_export(out_dir, ARTIFACT_NAME, stale=[f"{ARTIFACT_NAME}.data"]) as tmp:
             program = _export_program(model, example, opset=self.opset)
             external_data = _weight_bytes(model) > _EMBED_LIMIT_BYTES
             if precision == "fp32":
                 program.save(tmp / ARTIFACT_NAME, external_data=external_data)
             else:
                 _save_quantized(program, tmp, precision, calibration, external_data=external_data)
-            _publish(tmp, out_dir)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return out_dir / ARTIFACT_NAME
+        return Path(out_dir) / ARTIFACT_NAME
 
     def inspect(self, path: Path) -> dict[str, Any]:
         """The graph's inputs and outputs (name, element type, shape with ``batch``), its op counts, the
@@ -139,18 +143,6 @@ class OnnxTarget:
             "weights": _weight_types(model),
         }
 
-    def load(self, path: Path) -> Any:
-        try:
-            return runner.load_session(Path(path), threads=self.threads)
-        except runner.RunnerError as exc:
-            raise DeviceError(str(exc)) from exc
-
-    def run(self, session: Any, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        try:
-            return runner.run_session(session, inputs)
-        except runner.RunnerError as exc:
-            raise DeviceError(str(exc)) from exc
-
 
 def _export_program(model: torch.nn.Module, example: dict[str, torch.Tensor], *, opset: int | None) -> Any:
     """The exporter's ONNXProgram for ``model(**example)``, with a dynamic batch dimension."""
@@ -158,26 +150,20 @@ def _export_program(model: torch.nn.Module, example: dict[str, torch.Tensor], *,
 
     example = _at_least_two_rows(example)
     batch = torch.export.Dim("batch", min=1)
-    was_training = model.training
-    model.eval()
-    try:
-        with _quiet_exporter() as captured:
-            program = torch.onnx.export(
-                model,
-                (),
-                kwargs=example,
-                dynamo=True,
-                verbose=False,
-                dynamic_shapes={name: {0: batch} for name in example},
-                output_names=[OUTPUT_NAME],
-                opset_version=opset,
-            )
-    except Exception as exc:
-        logger.debug("onnx export failed; exporter output:\n%s", captured.getvalue(), exc_info=True)
-        raise ExportError(_describe_failure(exc)) from exc
-    finally:
-        model.train(was_training)
-    _check_single_output(program)
+    what = "onnx export failed; exporter output"
+    with evaluating(model), quiet_export(_describe_failure, log=logger, what=what, loggers=_EXPORTER_LOGGERS):
+        program = torch.onnx.export(
+            model,
+            (),
+            kwargs=example,
+            dynamo=True,
+            verbose=False,
+            dynamic_shapes={name: {0: batch} for name in example},
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+        )
+    outputs = len(program.model.graph.outputs)
+    check_single_output("onnx", outputs, f"the exported graph has {outputs} outputs")
     _strip_stack_traces(program)
     return program
 
@@ -206,7 +192,7 @@ def _save_quantized(
     with tempfile.TemporaryDirectory(prefix=".float-", dir=tmp.parent) as work:
         float_path = Path(work) / ARTIFACT_NAME
         program.save(float_path, external_data=external_data)
-        with _quiet_exporter(_QUANTIZER_LOGGERS) as captured:
+        with quiet(_QUANTIZER_LOGGERS) as captured:
             try:
                 onnx_quant.quantize(
                     float_path,
@@ -247,110 +233,26 @@ def _at_least_two_rows(example: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return {name: value.expand(2, *value.shape[1:]).contiguous() for name, value in example.items()}
 
 
-def _check_single_output(program: Any) -> None:
-    outputs = program.model.graph.outputs
-    if len(outputs) != 1:
-        raise ExportError(
-            f"The onnx target expects forward to return one tensor but the exported graph has {len(outputs)} "
-            "outputs; wrap the model so that forward returns only the logits."
-        )
-
-
 def _weight_bytes(model: torch.nn.Module) -> int:
     tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
-def _publish(tmp: Path, out_dir: Path) -> None:
-    """Move the finished export into ``out_dir``: a rename when new, else file by file, model last."""
-    if not out_dir.exists():
-        os.replace(tmp, out_dir)
-        return
-    produced = sorted(tmp.iterdir(), key=lambda f: f.name == ARTIFACT_NAME)  # model.onnx last
-    stale_data = out_dir / f"{ARTIFACT_NAME}.data"
-    if stale_data.exists() and not (tmp / stale_data.name).exists():
-        stale_data.unlink()
-    for file in produced:
-        os.replace(file, out_dir / file.name)
+def _describe_failure(exc: BaseException, output: str) -> str:
+    """One sentence: what failed (the op when the exporter names one), where, and the fix.
 
-
-@contextlib.contextmanager
-def _quiet_exporter(loggers: tuple[str, ...] = _EXPORTER_LOGGERS) -> Iterator[io.StringIO]:
-    """Capture the exporter's (or quantizer's) prints, warnings and log records into one buffer."""
-    buffer = io.StringIO()
-    handler = logging.StreamHandler(buffer)
-    saved = []
-    for name in loggers:
-        log = logging.getLogger(name)
-        saved.append((log, log.handlers, log.propagate, log.level))
-        log.handlers = [handler]  # torch installs its own stderr handlers on some of these
-        log.propagate = False
-        log.setLevel(logging.WARNING)
-    try:
-        with (
-            warnings.catch_warnings(),
-            contextlib.redirect_stdout(buffer),
-            contextlib.redirect_stderr(buffer),
-        ):
-            warnings.simplefilter("ignore")
-            yield buffer
-    finally:
-        for log, handlers, propagate, level in saved:
-            log.handlers = handlers
-            log.propagate = propagate
-            log.setLevel(level)
-
-
-def _describe_failure(exc: BaseException) -> str:
-    """One sentence: what failed (the op when the exporter names one), where, and the fix."""
-    chain = _cause_chain(exc)
-    text = _ANSI.sub("", "\n".join(str(e) for e in chain))
-    root = next((e for e in reversed(chain) if str(e).strip()), chain[-1])
-    detail = _shorten(f"{type(root).__name__}: {_first_line(root)}")
-    op = _failing_op(text)
+    ``output`` (the exporter's captured chatter) is not read: the exception chain names the op.
+    """
+    failure = Failure.of(exc)
+    op = failure.op(_OP_PATTERNS)
     if op is not None:
         return (
-            f"The onnx target cannot export op {op} ({detail}); replace it in the model with supported ops "
-            "or give torch.onnx.export a custom_translation_table entry for it."
+            f"The onnx target cannot export op {op} ({failure.detail}); replace it in the model with "
+            "supported ops or give torch.onnx.export a custom_translation_table entry for it."
         )
-    if isinstance(root, TypeError) and "argument" in str(root):
-        return (
-            f"The onnx target cannot call the model ({detail}); "
-            "name the example's keys after the parameters of forward."
-        )
+    if failure.bad_call:
+        return cannot_call("onnx", failure.detail)
     if type(exc).__name__ != "TorchExportError":
-        return (
-            f"The onnx target failed to export the model ({detail}); enable debug logging for the full trace."
-        )
-    where = re.search(r"Caused by: \(([^)]*)\)", text)
-    at = f" at {where.group(1).strip()}" if where else ""
-    fix = "make forward traceable by torch.export (see the torch.export docs' ExportDB)"
-    if "data-dependent" in text:
-        fix = "remove Python control flow on tensor values (.item(), .tolist(), `if tensor:`) from forward"
-    return f"The onnx target cannot trace the model with torch.export{at} ({detail}); {fix}."
-
-
-def _cause_chain(exc: BaseException) -> list[BaseException]:
-    chain = [exc]
-    while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and nxt not in chain:
-        chain.append(nxt)
-    return chain
-
-
-def _failing_op(text: str) -> str | None:
-    """The aten op the exporter names, e.g. ``aten.linalg_qr.default``."""
-    dispatch = re.search(r"op='([\w.]+)', overload='(\w+)'", text)
-    if dispatch:
-        return f"{dispatch.group(1)}.{dispatch.group(2)}"
-    node = re.search(r"target=torch\.ops\.([\w.]+)", text)
-    return node.group(1) if node else None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
-    return lines[0] if lines else "no message"
-
-
-def _shorten(text: str, limit: int = 200) -> str:
-    text = re.sub(r"\s+", " ", text).strip().rstrip(".")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+        return failed_to("onnx", "export", failure.detail)
+    fix = DATA_DEPENDENT_FIX if "data-dependent" in failure.text else TRACEABLE_FIX
+    return cannot_trace("onnx", failure.detail, at=failure.at, fix=fix)

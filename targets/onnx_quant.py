@@ -32,6 +32,8 @@ import numpy as np
 
 from edge_distill.errors import ExportError
 
+from .common import shorten
+
 QUANTIZED_PRECISIONS = ("int8-dynamic", "int8")
 # The ops that hold weights; everything else stays float (see the module docstring).
 DYNAMIC_OP_TYPES = ["MatMul", "Conv", "Gather"]  # Gemm becomes MatMul in quantize_dynamic
@@ -188,7 +190,7 @@ def describe_failure(exc: BaseException, precision: str) -> str:
         'The onnx target cannot quantize op Gemm to int8 (RuntimeError: ...); pass more calibration ...'
     """
     text = re.sub(r"\s+", " ", str(exc)).strip().rstrip(".")
-    detail = f"{type(exc).__name__}: {text if len(text) <= 200 else text[:197] + '...'}"
+    detail = f"{type(exc).__name__}: {shorten(str(exc))}"
     found = re.search(r"op_type:\s*(\w+)|implementation for (\w+)\(|\bnode (?:\w+ )?of type (\w+)", text)
     what = f"op {next(g for g in found.groups() if g)}" if found else "the model"
     return f"The onnx target cannot quantize {what} to {precision} ({detail}); {_fix(precision)}."

@@ -24,26 +24,28 @@ Example:
 from __future__ import annotations
 
 import collections
-import contextlib
 import importlib.util
-import io
 import logging
-import os
-import re
-import shutil
-import sys
-import tempfile
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_distill.errors import DeviceError, ExportError
+from edge_distill.errors import ExportError
 
-from . import runner
 from .base import check_precision, require_calibration
+from .common import (
+    Failure,
+    RunnerSessions,
+    batch_of_one,
+    cannot_call,
+    cannot_trace,
+    evaluating,
+    installed,
+    quiet,
+    quiet_export,
+    staged_export,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -55,10 +57,18 @@ logger = logging.getLogger(__name__)
 ARTIFACT_NAME = "model.tflite"
 _MODULES = {"litert_torch": "litert-torch", "ai_edge_litert": "ai-edge-litert"}
 _QUANTIZER_MODULES = {"ai_edge_quantizer": "ai-edge-quantizer"}
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# litert-torch logs through the root logger; absl and XNNPACK log from C++ (fds 1 and 2).
+_LOGGERS = ("",)
+# Where the converter names the op it failed on: an aten op without a lowering, or an MLIR op it cannot
+# legalize.
+_OP_PATTERNS = (
+    r"Lowering not found: ([\w.]+)",
+    r"target=torch\.ops\.([\w.]+)",
+    r"failed to legalize operation '([\w.]+)'",
+)
 
 
-class TfliteTarget:
+class TfliteTarget(RunnerSessions):
     """Convert with litert-torch (static batch 1); load and run with the LiteRT interpreter on CPU."""
 
     name = "tflite"
@@ -81,7 +91,7 @@ class TfliteTarget:
         return cls(threads=entry.threads if entry else None)
 
     def available(self) -> bool:
-        return all(importlib.util.find_spec(m) is not None for m in _MODULES)
+        return installed(*_MODULES)
 
     def unverifiable_reason(self) -> str | None:
         return None  # the LiteRT interpreter (ai-edge-litert) runs wherever this package installs
@@ -105,16 +115,10 @@ class TfliteTarget:
         if precision == "int8":
             require_calibration(self, precision, calibration)
         _require_modules(_MODULES | (_QUANTIZER_MODULES if precision != "fp32" else {}))
-        out_dir = Path(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-        try:
+        with staged_export(out_dir, ARTIFACT_NAME) as tmp:
             content = _convert(model, example, precision=precision, calibration=calibration)
             (tmp / ARTIFACT_NAME).write_bytes(content)
-            _publish(tmp, out_dir)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return out_dir / ARTIFACT_NAME
+        return Path(out_dir) / ARTIFACT_NAME
 
     def inspect(self, path: Path) -> dict[str, Any]:
         """The default signature's inputs and output (name, dtype, shape, quantization of quantized ones),
@@ -126,7 +130,7 @@ class TfliteTarget:
         """
         from ai_edge_litert.interpreter import Interpreter
 
-        with _quiet_converter():
+        with quiet(_LOGGERS, native=True):
             interpreter = Interpreter(model_path=str(path))
             ops = collections.Counter(op["op_name"] for op in interpreter._get_ops_details())
             interpreter.allocate_tensors()  # applies the default delegate: one DELEGATE node per partition
@@ -146,18 +150,6 @@ class TfliteTarget:
             "ops": dict(sorted(ops.items())),
             "xnnpack_partitions": delegated,
         }
-
-    def load(self, path: Path) -> Any:
-        try:
-            return runner.load_session(Path(path), threads=self.threads)
-        except runner.RunnerError as exc:
-            raise DeviceError(str(exc)) from exc
-
-    def run(self, session: Any, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        try:
-            return runner.run_session(session, inputs)
-        except runner.RunnerError as exc:
-            raise DeviceError(str(exc)) from exc
 
 
 def _require_modules(modules: dict[str, str]) -> None:
@@ -189,22 +181,12 @@ def _convert(
     calibration: dict[str, torch.Tensor] | None,
 ) -> bytes:
     """The .tflite bytes of ``model(**example[:1])`` in ``precision``."""
-    batch1 = {name: value[:1] for name, value in example.items()}  # (1, ...): edge apps run batch 1
-    was_training = model.training
-    model.eval()
-    try:
-        with _quiet_converter() as captured:  # importing litert-torch logs too (torchao, absl)
-            try:
-                content = _litert_torch_convert(model, batch1, precision)
-                if precision == "int8":
-                    content = _quantize_static(content, calibration or {})
-            except ExportError:
-                raise
-            except Exception as exc:
-                logger.debug("tflite export failed; converter said:\n%s", captured.getvalue(), exc_info=True)
-                raise ExportError(_describe_failure(exc)) from exc
-    finally:
-        model.train(was_training)
+    what = "tflite export failed; converter said"
+    quiet_convert = quiet_export(_describe_failure, log=logger, what=what, loggers=_LOGGERS, native=True)
+    with evaluating(model), quiet_convert:  # importing litert-torch logs too (torchao, absl)
+        content = _litert_torch_convert(model, batch_of_one(example), precision)
+        if precision == "int8":
+            content = _quantize_static(content, calibration or {})
     return content
 
 
@@ -259,102 +241,21 @@ def _calibration_rows(
     return key, rows
 
 
-def _publish(tmp: Path, out_dir: Path) -> None:
-    """Move the finished export into ``out_dir``: a rename when new, else replace the one file."""
-    if not out_dir.exists():
-        os.replace(tmp, out_dir)
-        return
-    os.replace(tmp / ARTIFACT_NAME, out_dir / ARTIFACT_NAME)
+def _describe_failure(exc: BaseException, output: str) -> str:
+    """One sentence: what failed (the op when the converter names one), where, and the fix.
 
-
-@contextlib.contextmanager
-def _quiet_converter() -> Iterator[io.StringIO]:
-    """Capture prints, warnings, log records and what C++ writes to fds 1 and 2 into one buffer."""
-    buffer = io.StringIO()
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers, root.level
-    root.handlers = [logging.StreamHandler(buffer)]  # litert-torch logs through the root logger
-    root.setLevel(logging.WARNING)
-    try:
-        with (
-            _captured_fds(buffer),
-            warnings.catch_warnings(),
-            contextlib.redirect_stdout(buffer),
-            contextlib.redirect_stderr(buffer),
-        ):
-            warnings.simplefilter("ignore")
-            yield buffer
-    finally:
-        root.handlers = saved_handlers
-        root.setLevel(saved_level)
-
-
-@contextlib.contextmanager
-def _captured_fds(buffer: io.StringIO) -> Iterator[None]:
-    """Point fds 1 and 2 at a temp file (absl and XNNPACK log from C++), then append it to ``buffer``."""
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-            sink.seek(0)
-            buffer.write(sink.read().decode(errors="replace"))
-
-
-def _describe_failure(exc: BaseException) -> str:
-    """One sentence: what failed (the op when the converter names one), where, and the fix."""
-    chain = [exc]
-    while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and nxt not in chain:
-        chain.append(nxt)
-    text = _ANSI.sub("", "\n".join(str(e) for e in chain))
-    root = next((e for e in reversed(chain) if str(e).strip()), chain[-1])
-    detail = _shorten(f"{type(root).__name__}: {_first_line(root)}")
-    op = _failing_op(text)
+    ``output`` (the converter's captured chatter) is not read: the exception chain names the op.
+    """
+    failure = Failure.of(exc)
+    detail = failure.detail
+    op = failure.op(_OP_PATTERNS)
     if op is not None:
         return (
             f"The tflite target cannot convert op {op} ({detail}); replace it in the model with ops that "
             "litert-torch lowers (see its supported-ops list) or keep it out of the exported forward."
         )
-    if "data-dependent" in text or "GuardOnDataDependent" in type(root).__name__:
-        return (
-            f"The tflite target cannot trace the model with torch.export ({detail}); remove Python control "
-            "flow on tensor values (.item(), .tolist(), `if tensor:`) from forward."
-        )
-    if isinstance(root, TypeError) and "argument" in str(root):
-        return (
-            f"The tflite target cannot call the model ({detail}); "
-            "name the example's keys after the parameters of forward."
-        )
+    if "data-dependent" in failure.text or "GuardOnDataDependent" in type(failure.root).__name__:
+        return cannot_trace("tflite", detail)
+    if failure.bad_call:
+        return cannot_call("tflite", detail)
     return f"The tflite target failed to convert the model ({detail}); enable debug logging for the trace."
-
-
-def _failing_op(text: str) -> str | None:
-    """The op the converter names: an aten op without a lowering, or an MLIR op it cannot legalize."""
-    for pattern in (
-        r"Lowering not found: ([\w.]+)",
-        r"target=torch\.ops\.([\w.]+)",
-        r"failed to legalize operation '([\w.]+)'",
-    ):
-        found = re.search(pattern, text)
-        if found:
-            return found.group(1)
-    return None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
-    return lines[0] if lines else "no message"
-
-
-def _shorten(text: str, limit: int = 200) -> str:
-    text = re.sub(r"\s+", " ", text).strip().rstrip(".")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
