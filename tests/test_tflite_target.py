@@ -81,8 +81,8 @@ def test_reduced_precisions_keep_accuracy(
         assert result.max_abs_diff < 0.6
 
 
-def test_int8_computes_only_the_matmuls_in_int8(artifacts: dict[str, Path]) -> None:
-    """FULLY_CONNECTED and BATCH_MATMUL int8 x int8, an int8 embedding table; other ops and output float."""
+def test_int8_computes_only_the_linear_layers_in_int8(artifacts: dict[str, Path]) -> None:
+    """FULLY_CONNECTED int8 x int8, an int8 embedding table; other ops and the output float."""
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=str(artifacts["int8"]))
@@ -94,7 +94,7 @@ def test_int8_computes_only_the_matmuls_in_int8(artifacts: dict[str, Path]) -> N
         ins = tuple(dtypes[i] for i in op["inputs"] if i >= 0)
         seen.setdefault(name, set()).add((ins, tuple(dtypes[i] for i in op["outputs"])))
     assert seen["FULLY_CONNECTED"] == {(("int8", "int8", "int32"), ("int8",))}  # activation, weight, bias
-    assert seen["BATCH_MATMUL"] == {(("int8", "int8"), ("int8",))}  # Q @ K^T and P @ V
+    assert seen["BATCH_MATMUL"] == {(("float32", "float32"), ("float32",))}  # Q @ K^T and P @ V
     assert seen["EMBEDDING_LOOKUP"] == {(("int32", "int8"), ("float32",))}
     assert seen["logits FULLY_CONNECTED"] == {(("float32", "int8", "float32"), ("float32",))}  # dynamic
     for op in ("SOFTMAX", "GELU", "TANH", "SELECT_V2", "MEAN", "SQUARED_DIFFERENCE", "RSQRT", "ADD", "MUL"):
@@ -116,7 +116,7 @@ def test_inspect_gives_signature_and_ops(artifacts: dict[str, Path]) -> None:
     assert "quantization" not in facts["fp32"]["outputs"][0]
     assert facts["fp16"]["ops"]["DEQUANTIZE"] >= facts["fp32"]["ops"]["FULLY_CONNECTED"]  # fp16 weights
     assert facts["int8"]["outputs"][0] == {"name": "output_0", "dtype": "float32", "shape": [1, 3]}
-    assert facts["int8"]["ops"]["QUANTIZE"] >= facts["int8"]["ops"]["BATCH_MATMUL"]  # float <-> int8 edges
+    assert facts["int8"]["ops"]["QUANTIZE"] >= 1  # float -> int8 edges in front of the linear layers
 
 
 def test_runner_runs_batch_1_and_5(artifacts: dict[str, Path], case: ExportCase) -> None:
