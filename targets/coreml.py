@@ -231,9 +231,23 @@ def _export_program(model: torch.nn.Module, example: dict[str, torch.Tensor]) ->
     what = "torch.export failed; output"
     with evaluating(model), quiet_export(_describe_trace_failure, log=logger, what=what, loggers=_LOGGERS):
         program = torch.export.export(model, (), kwargs=example).run_decompositions()
+    _drop_aliases(program)
     outputs = len(program.graph_signature.user_outputs)
     check_single_output("coreml", outputs, f"it returns {outputs}")
     return program
+
+
+def _drop_aliases(program: Any) -> None:
+    """Replace ``aten.alias`` (a view that changes nothing; Llama's rotary embedding makes one) by its
+    input: coremltools has no converter for it, and without it the graph computes the same."""
+    import torch
+
+    graph = program.graph_module.graph
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target == torch.ops.aten.alias.default:
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+    program.graph_module.recompile()
 
 
 def _input_types(ct: Any, program: Any, example: dict[str, torch.Tensor]) -> list[Any]:
