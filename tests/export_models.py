@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
+from edge_distill.shipping import ShipData
 from edge_distill.targets.base import Metric
 
 SEQ = 16  # fixed sequence length of every export
@@ -92,3 +93,17 @@ def trained_classifier() -> ExportCase:
     held_out, labels = synthetic_batch(128, seed=2)
     example = {name: value[:1] for name, value in held_out.items()}
     return ExportCase(model, example, calibration, held_out, labels.numpy(), accuracy_metric(labels.numpy()))
+
+
+def classifier_ship_data() -> tuple[torch.nn.Module, ShipData]:
+    """The trained classifier and what shipping it takes (calibration and held-out rows, accuracy)."""
+    case = trained_classifier()
+    data = ShipData(
+        example=case.example,
+        calibration=case.calibration,
+        held_out=case.held_out,
+        metric=case.metric,
+        preprocess={"kind": "text", "sequence_length": SEQ},
+        label_names=("low", "mid", "high"),
+    )
+    return case.model, data

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from export_models import trained_classifier
+from export_models import classifier_ship_data
 from family_models import embedding_folder, llama_folder, texts, vit_folder
 
 from edge_distill.cut import export_module
@@ -51,19 +51,6 @@ def test_every_case_is_registered() -> None:
     assert set(CASES) <= set(TARGETS.names())
 
 
-def classifier_shipment() -> tuple[torch.nn.Module, ShipData]:
-    case = trained_classifier()
-    data = ShipData(
-        example=case.example,
-        calibration=case.calibration,
-        held_out=case.held_out,
-        metric=case.metric,
-        preprocess={"kind": "text", "sequence_length": SEQ},
-        label_names=("low", "mid", "high"),
-    )
-    return case.model, data
-
-
 def check_shipped(meta: dict, target: str, precision: str, bundle: Path) -> None:
     verification = meta["verification"]
     if runs_here(target):
@@ -84,7 +71,7 @@ CLASSIFIER_IDS = [f"{t}-{p}" for t, p in CLASSIFIER_PAIRS]
 def test_classifier_ships_verified(target: str, precision: str, tmp_path: Path) -> None:
     if not get_target(target).available():
         pytest.fail(f"{target}'s exporter is not installed: the project's dependencies install it")
-    model, data = classifier_shipment()
+    model, data = classifier_ship_data()
     meta = ship(model, target, precision, tmp_path, data)
     bundle = tmp_path / f"{target}-{precision}"
     check_shipped(meta, target, precision, bundle)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from export_models import LogitsOnly
 from transformers import BertConfig, BertForSequenceClassification
 
 from edge_distill.devices import profile_on_host
@@ -33,17 +34,6 @@ class TargetCase:
 
 # The ONNX target's own cases (test_export_matrix.py holds the case every registered target needs).
 TARGET_CASES = {"onnx": TargetCase()}
-
-
-class LogitsOnly(torch.nn.Module):
-    """forward(input_ids, attention_mask) -> logits (batch, labels), as the exporters expect."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
 def tiny_bert() -> torch.nn.Module:

@@ -16,9 +16,9 @@ import venv
 from pathlib import Path
 
 import pytest
-from export_models import trained_classifier
+from export_models import classifier_ship_data
 
-from edge_distill.shipping import ShipData, ship
+from edge_distill.shipping import ship
 
 # target -> the runtime a device would have (pinned as in pyproject.toml)
 RUNTIMES = {
@@ -45,15 +45,8 @@ def fresh_venv(folder: Path, packages: list[str]) -> Path:
 
 @pytest.mark.parametrize("target", sorted(RUNTIMES))
 def test_runner_times_a_bundle_in_a_venv_without_torch(target: str, tmp_path: Path) -> None:
-    case = trained_classifier()
-    data = ShipData(
-        example=case.example,
-        calibration=case.calibration,
-        held_out=case.held_out,
-        metric=case.metric,
-        preprocess={"kind": "text", "sequence_length": 16},
-    )
-    meta = ship(case.model, target, "fp32", tmp_path / "artifacts", data)
+    model, data = classifier_ship_data()
+    meta = ship(model, target, "fp32", tmp_path / "artifacts", data)
     bundle = tmp_path / "artifacts" / f"{target}-fp32"
     python = fresh_venv(tmp_path / "venv", RUNTIMES[target])
     no_torch = subprocess.run([str(python), "-c", "import torch"], capture_output=True, check=False)
