@@ -4,7 +4,8 @@
 ``to_edge_transform_and_lower`` with the backend's partitioner -> ``to_executorch``. What the partitioner
 does not take falls back to ExecuTorch's portable kernels; ``inspect`` reads both from the .pte. int8 is
 PT2E static quantization with the XNNPACK quantizer (symmetric, per-channel weights) calibrated on held-out
-training rows; int8-dynamic quantizes the linear weights ahead of time and their inputs at run time.
+training rows; int8-dynamic quantizes the linear weights ahead of time and their inputs at run time. Both
+also store the embedding tables int8 with a scale per row (``executorch_quant.int8_embeddings``).
 
 Beside ``forward`` the program carries one constant method (``runner.PTE_METADATA_METHOD``): a JSON string
 with forward's parameter names and, per backend, the ops each delegate took, so that the file alone says
@@ -20,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -180,12 +182,15 @@ def _lower(
     import torch
     from executorch.exir import to_edge_transform_and_lower
 
-    from .executorch_quant import QUANTIZED_PRECISIONS, quantize
+    from .executorch_quant import QUANTIZED_PRECISIONS, int8_embeddings, quantize
 
     example = batch_of_one(example)  # (1, ...): a static batch of 1
+    quantized = precision in QUANTIZED_PRECISIONS
+    tables = int8_embeddings(model) if quantized else contextlib.nullcontext()
     with evaluating(model), torch.no_grad():
-        program = torch.export.export(model, (), kwargs=example, strict=False)
-        if precision in QUANTIZED_PRECISIONS:
+        with tables:  # int8: the embedding tables int8 per row, the linear layers by the quantizer
+            program = torch.export.export(model, (), kwargs=example, strict=False)
+        if quantized:
             program = quantize(program, example, calibration, dynamic=precision == "int8-dynamic")
         edge = to_edge_transform_and_lower(program, partitioner=target.partitioners(precision))
     outputs = len(edge.exported_program().graph_signature.user_outputs)

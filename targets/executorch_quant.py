@@ -8,19 +8,33 @@ tensor, integer arithmetic included, so the mask's index ``arange(seq) + 0`` bec
 calibration row fails with "tensors used as indices must be long, int, byte or bool tensors".
 ``MaskSafeXnnpackQuantizer`` leaves integer adds and muls alone (they are never quantized anyway).
 
+The quantizer takes only the linear layers, so ``int8_embeddings`` also stores the embedding tables int8,
+one scale per row (torchao's ``IntxWeightOnlyConfig(int8, PerAxis(0))``, the weights of ExecuTorch's LLM
+export ``-E 8,0``): on a BERT student the word table is most of the weights. The rows are gathered int8 by
+``aten.embedding`` and scaled after, not by ``quantized_decomposed.embedding_byte``: the pip runtime
+registers that kernel only once ``libexecutorch_kernels_quantized`` is loaded, which a device app built
+without the quantized kernels lacks, while ``aten::embedding.out`` copies rows of any dtype.
+
 Example:
-    >>> program = torch.export.export(model, (), kwargs=example)
+    >>> with int8_embeddings(model):
+    ...     program = torch.export.export(model, (), kwargs=example)
     >>> quantized = quantize(program, example, calibration, dynamic=False)  # an ExportedProgram, batch 1
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Iterator
 
 import torch
 from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
     XNNPACKQuantizer,
     get_symmetric_quantization_config,
 )
+from torchao.quantization.granularity import PerAxis
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+from torchao.quantization.quant_api import IntxWeightOnlyConfig, quantize_
 
 QUANTIZED_PRECISIONS = ("int8", "int8-dynamic")
 # The ops whose scalar operands XNNPACKQuantizer.transform_for_annotation turns into float tensors, and
@@ -30,6 +44,8 @@ _SCALAR_OVERLOADS = {
     torch.ops.aten.mul.Tensor: torch.ops.aten.mul.Scalar,
 }
 _TENSOR_OVERLOADS = {scalar: tensor for tensor, scalar in _SCALAR_OVERLOADS.items()}
+# Embedding tables with fewer rows stay float (token types: a few hundred bytes).
+MIN_EMBEDDING_ROWS = 64
 
 
 class MaskSafeXnnpackQuantizer(XNNPACKQuantizer):
@@ -82,3 +98,60 @@ def quantize(
         prepared(**{name: value[i : i + 1] for name, value in rows.items()})  # (1, ...)
     converted = convert_pt2e(prepared)
     return torch.export.export(converted, (), kwargs=example, strict=False)
+
+
+class Int8Embedding(torch.nn.Module):
+    """An ``nn.Embedding`` stored int8 with one float32 scale per row (symmetric, zero point 0).
+
+    ``forward`` gathers the int8 rows and their scales with ``aten.embedding`` and multiplies: only the
+    looked-up rows are dequantized, with kernels every ExecuTorch runtime has.
+
+    Example:
+        >>> table = Int8Embedding(model.bert.embeddings.word_embeddings)
+        >>> table.weight.dtype, table.scales.shape
+        (torch.int8, torch.Size([30522, 1]))
+    """
+
+    def __init__(self, embedding: torch.nn.Embedding) -> None:
+        super().__init__()
+        rows, dim = embedding.weight.shape
+        copy = torch.nn.Embedding(rows, dim)
+        copy.weight = torch.nn.Parameter(embedding.weight.detach().float().clone(), requires_grad=False)
+        config = IntxWeightOnlyConfig(
+            weight_dtype=torch.int8, granularity=PerAxis(0), intx_choose_qparams_algorithm="affine"
+        )
+        quantize_(copy, config, lambda module, fqn: isinstance(module, torch.nn.Embedding))
+        weight = copy.weight  # torchao's IntxUnpackedToInt8Tensor: qdata (rows, dim), scale (rows, 1)
+        self.register_buffer("weight", weight.qdata.detach().to(torch.int8).clone())
+        self.register_buffer("scales", weight.scale.detach().reshape(rows, 1).float().clone())
+        self.dtype = embedding.weight.dtype
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = torch.nn.functional.embedding(ids, self.weight).to(torch.float32)
+        return (rows * torch.nn.functional.embedding(ids, self.scales)).to(self.dtype)
+
+
+@contextlib.contextmanager
+def int8_embeddings(model: torch.nn.Module) -> Iterator[list[str]]:
+    """Swap ``model``'s embedding tables of at least ``MIN_EMBEDDING_ROWS`` rows for ``Int8Embedding``s
+    while the block runs (put back after, also on failure); yields the swapped modules' names.
+
+    A table whose weight another module shares (a tied output layer) stays float: quantizing it would
+    store it twice. So does one with ``max_norm`` (it renormalizes the looked-up rows).
+    """
+    shared = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+    swaps = []
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Embedding) or module.max_norm is not None:
+            continue
+        if module.num_embeddings < MIN_EMBEDDING_ROWS or shared[id(module.weight)] > 1:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        swaps.append((name, model.get_submodule(parent_name), child, module))
+    try:
+        for _, parent, child, module in swaps:
+            setattr(parent, child, Int8Embedding(module))
+        yield [name for name, *_ in swaps]
+    finally:
+        for _, parent, child, module in swaps:
+            setattr(parent, child, module)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,29 @@ def test_inspect_reads_delegated_and_portable_ops_from_the_pte(exported: tuple[s
         assert xnnpack["ops"]["quantized_decomposed.quantize_per_tensor.default"] > 0
     assert info["portable"]["aten::embedding.out"] >= 1  # the embeddings stay in the portable kernels
     assert "aten::linear.out" not in info["portable"]
+
+
+def test_int8_stores_the_embedding_tables_int8(exported: tuple[str, Path], case: ExportCase) -> None:
+    """int8 and int8-dynamic keep the word and position tables int8, with a float32 scale per row."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    precision, artifact = exported
+    plans = deserialize_pte_binary(artifact.read_bytes()).program.execution_plan
+    forward = next(plan for plan in plans if plan.name == "forward")
+    constants = Counter(
+        (runner.EXECUTORCH_DTYPES.get(int(v.val.scalar_type)), tuple(v.val.sizes))
+        for v in forward.values
+        if type(v.val).__name__ == "Tensor" and v.val.data_buffer_idx > 0  # a constant in the program
+    )
+    embeddings = case.model.model.bert.embeddings
+    for table in (embeddings.word_embeddings, embeddings.position_embeddings):
+        shape = tuple(table.weight.shape)
+        stored = np.float32 if precision == "fp32" else np.int8
+        assert (
+            constants[(stored, shape)] == 1 and sum(n for (_, s), n in constants.items() if s == shape) == 1
+        )
+        if precision != "fp32":
+            assert constants[(np.float32, (shape[0], 1))] >= 1  # the scales
 
 
 def test_pte_runs_in_the_runner_at_any_batch(exported: tuple[str, Path], case: ExportCase) -> None:
