@@ -28,8 +28,8 @@ start and 2.32 at end, 156 s, eager p50 4.0 ms; ``1 thread``: the same with ``--
   coreml            int8          7.16 0.26x  macOS only  macOS only       -     -        -  unverified
   coreml            palettized    5.30 0.19x  macOS only  macOS only       -     -        -  unverified
   executorch        fp32         28.03 1.00x  0.83/0.82  0.93/0.91  0.9731 +0.00  1.1e-05  verified
-  executorch        int8         23.85 0.85x  1.10/1.09  1.17/1.20  0.9686 -0.45      1.8  verified
-  executorch        int8-dynamic 24.15 0.86x  0.99/1.03  1.12/1.15  0.9731 +0.00     0.22  verified
+  executorch        int8          7.30 0.26x  -          1.24/1.53  0.9731 +0.00      2.3  verified
+  executorch        int8-dynamic  7.23 0.26x  -          1.12/1.14  0.9731 +0.00     0.20  verified
   executorch-coreml fp16         14.03 0.50x  macOS only  macOS only       -     -        -  unverified
   executorch-coreml fp32         27.90 1.00x  macOS only  macOS only       -     -        -  unverified
   onnx              fp32         28.22 1.01x  1.72/1.80  1.71/1.71  0.9731 +0.00  1.7e-05  verified
@@ -40,11 +40,12 @@ start and 2.32 at end, 156 s, eager p50 4.0 ms; ``1 thread``: the same with ``--
   tflite            int8-dynamic  7.67 0.27x  5.00/3.94  5.10/5.03  0.9731 +0.00     0.27  verified
   tflite            int8          7.75 0.28x  -          5.65/5.62  0.9686 -0.45      2.0  verified
 
-The embedding table decides size: ONNX and LiteRT quantize it (int8: 0.26-0.28x the fp32 weights),
-ExecuTorch int8 only the linear layers (XNNPACK's quantizer leaves the table fp32: 0.85x). LiteRT int8
-(its row re-measured alone at 1 thread, load 1.0, after its recipe changed: every op int8 had lost 1.8
-points, 4 of 223 texts, and was refused by verification; now only the linear layers compute in int8) and
-int8-dynamic are the fastest here (5.3-5.7x eager); ExecuTorch fp32 is slower than eager (0.83-0.93x).
+The embedding table decides size: every int8 artifact stores it int8 (0.26-0.28x the fp32 weights).
+Two rows were re-measured alone at 1 thread after their recipes changed: LiteRT int8 (load 1.0; every
+op int8 had lost 1.8 points, 4 of 223 texts, and was refused by verification; now only the linear layers
+compute in int8) and ExecuTorch int8 / int8-dynamic (load 2.7; their tables had stayed fp32, 0.85x).
+LiteRT int8 and int8-dynamic are the fastest here (5.3-5.7x eager); ExecuTorch fp32 is slower than eager
+(0.83-0.95x).
 
 What these are: ratios on this x86 host with the runtimes' x86 kernels. What they are not: a Raspberry
 Pi's: its Cortex-A72 cores have other int8 and fp16 kernels, caches and memory bandwidth, so the order
