@@ -59,25 +59,48 @@ class LatencyProfile:
     p90_ms: float
     p99_ms: float
     mean_ms: float
-    runs: int
+    runs: int  # timed warm runs (at least the asked minimum; more until the p50 settles)
     warmup: int
     load_ms: float
-    peak_memory_mb: float
+    peak_memory_mb: float  # resident memory the runtime added over the process before loading
     size_mb: float
     threads: int | None
     runtime: str
     runtime_version: str
+    first_ms: float | None = None  # the first inference after loading (cold caches, lazy init)
+    p50_ci95_ms: tuple[float, float] | None = None  # distribution-free 95% interval of the p50
+    converged: bool | None = None  # the interval came within the asked width before the run cap
+    conditions: dict[str, Any] = dataclasses.field(default_factory=dict)  # threads, cpu, governor, ...
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        data["p50_ci95_ms"] = list(self.p50_ci95_ms) if self.p50_ci95_ms else None
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LatencyProfile:
-        """Rebuild a profile from :meth:`as_dict` output (e.g. the runner's JSON); unknown keys are errors."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        if set(data) != names:
+        """Rebuild a profile from :meth:`as_dict` output (e.g. the runner's JSON); unknown keys are errors.
+
+        The fields added after the first release (first_ms onwards) may be missing: an older runner's
+        output still loads.
+        """
+        fields = dataclasses.fields(cls)
+        required = {f.name for f in fields if f.default is dataclasses.MISSING and f.name != "conditions"}
+        names = {f.name for f in fields}
+        if not required <= set(data) <= names:
             raise ValueError(f"Latency profile keys {sorted(data)} do not match {sorted(names)}.")
+        data = dict(data)
+        if data.get("p50_ci95_ms") is not None:
+            data["p50_ci95_ms"] = tuple(data["p50_ci95_ms"])
         return cls(**data)
+
+    @property
+    def p50_ci95_rel(self) -> float | None:
+        """Half-width of the p50's 95% interval relative to the p50 (the larger side)."""
+        if self.p50_ci95_ms is None or self.p50_ms <= 0:
+            return None
+        low, high = self.p50_ci95_ms
+        return max(self.p50_ms - low, high - self.p50_ms) / self.p50_ms
 
 
 # --- runtimes -------------------------------------------------------------------------------------
@@ -614,28 +637,55 @@ def profile_artifact(
     warmup: int = 10,
     runs: int = 50,
     threads: int | None = None,
+    max_runs: int = 1000,
+    max_seconds: float = 60.0,
+    ci_target: float = 0.02,
 ) -> LatencyProfile:
-    """Time batch-1 inference of ``path``: only the first row of each input is used."""
+    """Time batch-1 inference of ``path``: only the first row of each input is used.
+
+    Loads the artifact (timed), runs it once (the first inference, timed), ``warmup`` more times, then at
+    least ``runs`` timed runs, and keeps going until the p50's 95% interval is within ``ci_target`` of
+    the p50, ``max_runs`` runs or ``max_seconds`` of timed runs, whichever comes first.
+    """
     if runs < 1 or warmup < 0:
         raise RunnerError(f"Need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}.")
     path = Path(path)
     runtime = runtime_for(path)
     batch1 = {name: np.asarray(array)[:1] for name, array in inputs.items()}  # (1, ...)
     size_mb = artifact_size_bytes(path) / 2**20 if path.exists() else 0.0
+    threads = threads if threads is not None else os.cpu_count()
     _reset_peak_rss()
     rss_before = _current_rss_bytes()
-    start = time.perf_counter()
-    session = load_session(path, threads=threads)
-    load_ms = (time.perf_counter() - start) * 1e3
-    times_ms = _time_runs(lambda: run_session(session, batch1), warmup, runs)
+    try:
+        start = time.perf_counter()
+        session = load_session(path, threads=threads)
+        load_ms = (time.perf_counter() - start) * 1e3
+
+        def step() -> object:
+            return run_session(session, batch1)
+
+        first_ms = _timed(step)
+        for _ in range(warmup):
+            step()
+        times_ms = _time_until_settled(step, runs, max(runs, max_runs), max_seconds, ci_target)
+    except MemoryError:
+        raise RunnerError(_out_of_memory(path)) from None
+    except RunnerError:
+        raise
+    except Exception as exc:
+        if _looks_like_oom(str(exc)):
+            raise RunnerError(_out_of_memory(path)) from None
+        raise
     peak_mb = max(0.0, (_peak_rss_bytes() - rss_before) / 2**20)
     p50, p90, p99 = np.percentile(times_ms, [50, 90, 99])
+    interval = median_interval(times_ms)
+    low, high = interval
     return LatencyProfile(
         p50_ms=float(p50),
         p90_ms=float(p90),
         p99_ms=float(p99),
         mean_ms=float(np.mean(times_ms)),
-        runs=runs,
+        runs=len(times_ms),
         warmup=warmup,
         load_ms=load_ms,
         peak_memory_mb=peak_mb,
@@ -643,18 +693,106 @@ def profile_artifact(
         threads=threads,
         runtime=runtime,
         runtime_version=runtime_version(runtime),
+        first_ms=first_ms,
+        p50_ci95_ms=(low, high),
+        converged=bool(max(p50 - low, high - p50) <= ci_target * p50),
+        conditions=conditions(threads),
     )
 
 
-def _time_runs(step: Callable[[], object], warmup: int, runs: int) -> np.ndarray:
-    for _ in range(warmup):
-        step()
-    times = np.empty(runs)
-    for i in range(runs):
-        start = time.perf_counter()
-        step()
-        times[i] = (time.perf_counter() - start) * 1e3
-    return times
+def _timed(step: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    step()
+    return (time.perf_counter() - start) * 1e3
+
+
+def _time_until_settled(
+    step: Callable[[], object], runs: int, max_runs: int, max_seconds: float, ci_target: float
+) -> np.ndarray:
+    """At least ``runs`` timings; then more, checked every 10, until the p50's 95% interval is within
+    ``ci_target`` of it, ``max_runs`` timings or ``max_seconds`` spent timing."""
+    times: list[float] = []
+    spent_ms = 0.0
+    while True:
+        times.append(_timed(step))
+        spent_ms += times[-1]
+        n = len(times)
+        if n < runs or (n - runs) % 10:
+            continue
+        if n >= max_runs or spent_ms >= max_seconds * 1e3:
+            break
+        array = np.asarray(times)
+        p50 = float(np.median(array))
+        low, high = median_interval(array)
+        if max(p50 - low, high - p50) <= ci_target * p50:
+            break
+    return np.asarray(times)
+
+
+def median_interval(times: np.ndarray) -> tuple[float, float]:
+    """Distribution-free 95% confidence interval of the median: the order statistics at ranks
+    n/2 -/+ 1.96 sqrt(n)/2 (the normal approximation to the binomial; any timing distribution)."""
+    ordered = np.sort(np.asarray(times, dtype=float))
+    n = len(ordered)
+    half = 1.96 * np.sqrt(n) / 2
+    low = max(0, int(np.floor(n / 2 - half)) - 1)  # 1-indexed rank -> 0-indexed
+    high = min(n - 1, int(np.ceil(n / 2 + half)) - 1)
+    return float(ordered[low]), float(ordered[high])
+
+
+def _looks_like_oom(text: str) -> bool:
+    lowered = text.lower()
+    return any(s in lowered for s in ("bad_alloc", "out of memory", "failed to allocate", "cannot allocate"))
+
+
+def _out_of_memory(path: Path) -> str:
+    return (
+        f"{path.name} ran out of memory on this device while loading or running; "
+        "pick a smaller student or a lower precision (int8), or free memory on the device."
+    )
+
+
+def conditions(threads: int | None) -> dict[str, Any]:
+    """What the timing depended on, as far as this machine tells: threads, CPU, governor, load."""
+    import platform
+
+    try:
+        load = round(os.getloadavg()[0], 2)
+    except OSError:
+        load = None
+    return {
+        "threads": threads,
+        "cpu": _cpu_name() or platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "governor": _read_text("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        "machine": platform.machine(),
+        "system": f"{platform.system()} {platform.release()}",
+        "hostname": platform.node(),
+        "python": platform.python_version(),
+        "load_average_1m": load,
+    }
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def _cpu_name() -> str | None:
+    text = _read_text("/proc/cpuinfo") or ""
+    for line in text.splitlines():
+        key = line.split(":", 1)[0].strip()
+        if key in ("model name", "Model", "Hardware"):  # x86; Raspberry Pi / arm boards
+            return line.split(":", 1)[1].strip()
+    if sys.platform == "darwin":
+        import subprocess
+
+        done = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True)
+        return done.stdout.strip() or None
+    return None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -672,8 +810,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("artifact", type=Path, help="the exported model (.onnx)")
     parser.add_argument("--inputs", type=Path, required=True, help=".npz with one array per model input")
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--threads", type=int, default=None, help="default: the runtime's own default")
+    parser.add_argument("--runs", type=int, default=50, help="at least this many timed runs")
+    parser.add_argument("--max-runs", type=int, default=1000, help="stop here even if the p50 moves")
+    parser.add_argument("--max-seconds", type=float, default=60.0, help="time budget for the timed runs")
+    parser.add_argument(
+        "--ci", type=float, default=0.02, help="stop once the p50's 95%% interval is this close"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="default: this machine's CPU count")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser.parse_args(argv)
 
@@ -691,10 +834,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         inputs = _load_inputs(args.inputs)
         profile = profile_artifact(
-            args.artifact, inputs, warmup=args.warmup, runs=args.runs, threads=args.threads
+            args.artifact,
+            inputs,
+            warmup=args.warmup,
+            runs=args.runs,
+            threads=args.threads,
+            max_runs=args.max_runs,
+            max_seconds=args.max_seconds,
+            ci_target=args.ci,
         )
     except RunnerError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return _EXIT_FAILURE
+    except MemoryError:
+        print(f"error: {_out_of_memory(args.artifact)}", file=sys.stderr)
         return _EXIT_FAILURE
     except Exception as exc:  # anything else still ends in one line the caller can show
         print(
