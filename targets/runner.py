@@ -670,7 +670,9 @@ def profile_artifact(
         times_ms = _time_until_settled(step, runs, max(runs, max_runs), max_seconds, ci_target)
     except MemoryError:
         raise RunnerError(_out_of_memory(path)) from None
-    except RunnerError:
+    except RunnerError as exc:  # a loader's wrapped std::bad_alloc, or an import whose dlopen had no memory
+        if _looks_like_oom(f"{exc} {exc.__cause__}"):
+            raise RunnerError(_out_of_memory(path)) from exc
         raise
     except Exception as exc:
         if _looks_like_oom(str(exc)):
@@ -742,7 +744,8 @@ def median_interval(times: np.ndarray) -> tuple[float, float]:
 
 def _looks_like_oom(text: str) -> bool:
     lowered = text.lower()
-    return any(s in lowered for s in ("bad_alloc", "out of memory", "failed to allocate", "cannot allocate"))
+    marks = ("bad_alloc", "out of memory", "failed to allocate", "cannot allocate", "failed to map segment")
+    return any(s in lowered for s in marks)
 
 
 def _out_of_memory(path: Path) -> str:
