@@ -15,6 +15,7 @@ from typing import Any
 
 from edge_distill.data import TextDataset, load_demo_data, load_text_file
 from edge_distill.demo_teacher import build_demo_teacher
+from edge_distill.devices import Device, open_device
 from edge_distill.errors import DataError, EdgeDistillError, TeacherError
 from edge_distill.families import get_family
 from edge_distill.loop import Job, Reporter, check_out_dir, run_job
@@ -114,10 +115,16 @@ def make_job(
     scheme: str = "offline",
     top_k: int = 64,
     resume: bool = False,
+    device: str | Device | None = None,
     reporter: Reporter | None = None,
 ) -> Job:
-    """Load the teacher and data (the demo when neither is given) into a Job for ``profile``."""
+    """Load the teacher and data (the demo when neither is given) into a Job for ``profile``.
+
+    ``device`` (``ssh://user@host``, ``adb://SERIAL`` or a Device): every round is also timed there, and
+    the loop decides on that measurement.
+    """
     out_dir = out_dir or default_out_dir(profile)
+    connected = open_device(device) if isinstance(device, str) else device
     check_out_dir(out_dir)  # before minutes of loading, not after
     if teacher_text < 0:
         raise EdgeDistillError(f"--teacher-text must be 0 or more, got {teacher_text}; fix the value.")
@@ -164,6 +171,7 @@ def make_job(
         width=width,
         trim_vocab=trim_vocab,
         teacher_text=teacher_text,
+        device=connected,
         data_record={
             "source": data or "demo",
             "text_column": text_column,

@@ -105,7 +105,7 @@ def rounds_table(report: dict[str, Any]) -> Table:
             f"{r['metric']['value']:.3f}",
             f"{r['retention']:.1%}" if r["retention"] is not None else "-",
             f"{r['latency_ms']['p90']:.1f}",
-            f"{r['peak_memory_mb']:.0f}",
+            f"{r['peak_memory_mb']:.0f}" if r["peak_memory_mb"] is not None else "-",
             f"{r['size_mb']:.1f}",
             "yes" if r["fits"] else "no: " + ", ".join(BUDGET_NAMES[m["budget"]] for m in r["misses"]),
         )

@@ -1,21 +1,23 @@
-"""What a model costs: params, bytes, FLOPs, memory, and its latency on a device.
+"""What a model costs: params, FLOPs, the reference workload, and its latency on a device.
 
 The latency model, stated plainly:
 
-1. A reference workload (MobileNet V1 1.0 at 224, the model device tables publish latencies for) is
-   exported to ONNX (once, cached) and timed on this host in every run: ``host_ref_gflops = FLOPs / time``.
-2. A profile gives the device's effective throughput on the same workload: ``device_gflops``.
-3. A model measured on this host at ``t_host`` (with the reference timed right beside it, so that load on
-   the host cancels out) is predicted to take ``t_host * host_ref_gflops / device_gflops`` on the device.
-4. A model not yet measured gets ``t_host = FLOPs / host_family_gflops``, where ``host_family_gflops`` is
-   the throughput of the measured model of its family with the nearest FLOPs (the teacher at first):
-   the calibration that every measurement refines.
+1. A model measured on the device (``--device``) costs what was measured there.
+2. A model measured on this host is carried to the device by a reference workload (MobileNet V1 1.0 at
+   224, the model device tables publish latencies for), exported to ONNX (once, cached) and timed on this
+   host right beside the model: ``host_ref_gflops = FLOPs / time``. A profile gives the device's effective
+   throughput on the same workload, ``device_gflops``; the model is predicted to take
+   ``t_host * host_ref_gflops / device_gflops`` on the device.
+3. A model not measured at all is predicted by ``edge_distill.predictor`` from its FLOPs, bytes and
+   kernels: calibrated on the device's own measurements when there are any, else on this host's and
+   scaled as in 2. Every measurement refines it.
 
 Example:
-    >>> model = LatencyModel(device_gflops=40.5)
-    >>> _ = model.observe(flops=2_700_000_000, host_ms=30.0, memory_mb=180, size_mb=90, ref_gflops=81.0)
-    >>> round(model.predict_device_ms(1_800_000_000), 1)  # 20 ms on the host, the device half as fast
-    40.0
+    >>> model = LatencyModel(device_gflops=40.5, host=host_predictor)
+    >>> model.observe(Measurement(flops, host_ms=30.0, memory_mb=180, size_mb=90, ref_gflops=81.0),
+    ...               features, host=timing)                                # doctest: +SKIP
+    >>> round(model.measured_ms(model.measurements[-1]), 1)  # the device half as fast as this host
+    60.0
 """
 
 from __future__ import annotations
@@ -25,11 +27,14 @@ import platform
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from edge_distill.predictor import Features, Point, Prediction, Predictor
 
 BYTES_PER_PARAM = {"fp32": 4, "fp16": 2, "int8": 1}
 REFERENCE_NAME = "MobileNet V1 1.0 224"
@@ -163,7 +168,8 @@ def reference_artifact(folder: Path) -> tuple[Path, int]:
 @dataclass(frozen=True)
 class Measurement:
     """One model timed on this host: FLOPs, p90 latency, peak memory, artifact size, and the reference
-    workload's speed measured beside it (so that load on the host cancels out of the device prediction)."""
+    workload's speed measured beside it (so that load on the host cancels out of the device prediction);
+    with a device connected, the device's own p90 and peak memory too."""
 
     flops: int
     host_ms: float
@@ -171,38 +177,48 @@ class Measurement:
     size_mb: float
     ref_gflops: float
     params: int | None = None  # with FLOPs, names the shape (a trimmed vocabulary has the same FLOPs)
+    device_p90_ms: float | None = None  # measured on the connected device
+    device_memory_mb: float | None = None
 
 
 @dataclass
 class LatencyModel:
-    """Predicts device latency (and runtime memory) from host measurements and FLOPs.
+    """Predicts device latency (and runtime memory): measured figures for measured shapes, else the
+    calibrated predictor (``edge_distill.predictor``).
 
-    See the module docstring; ``device_gflops=None`` means the device is this host (no scaling).
-    Every ``observe`` refines later predictions.
+    ``host`` is this host's predictor (calibrated by every host measurement, this run's and earlier
+    runs'); ``device`` the connected device's (calibrated by its measurements). With no device measured,
+    a host prediction is scaled to the device by the reference workload's speed on each (see the module
+    docstring); ``device_gflops=None`` means the device is this host (no scaling).
     """
 
     device_gflops: float | None
+    host: Predictor | None = None
+    device: Predictor | None = None
     measurements: list[Measurement] = field(default_factory=list)
 
     def observe(
-        self,
-        *,
-        flops: int,
-        host_ms: float,
-        memory_mb: float,
-        size_mb: float,
-        ref_gflops: float,
-        params: int | None = None,
+        self, measurement: Measurement, features: Features | None = None, **point: Any
     ) -> Measurement:
-        """Record a host measurement; later predictions calibrate on it."""
-        self.measurements.append(Measurement(flops, host_ms, memory_mb, size_mb, ref_gflops, params))
-        return self.measurements[-1]
+        """Record a measurement of this run; with ``features``, it calibrates the predictors too.
 
-    def nearest(self, flops: int) -> Measurement | None:
-        """The latest measurement of the model with the nearest FLOPs (an exact match is that model)."""
-        if not self.measurements:
-            return None
-        return min(reversed(self.measurements), key=lambda m: abs(m.flops - flops))
+        ``point`` holds the LatencyProfile fields the calibration file keeps (p50s, threads, version).
+        """
+        self.measurements.append(measurement)
+        if features is not None and self.host is not None:
+            self.host.observe(self._point(self.host, features, "measured-host", point["host"]))
+        if features is not None and self.device is not None and point.get("device") is not None:
+            self.device.observe(self._point(self.device, features, "measured-device", point["device"]))
+        return measurement
+
+    @staticmethod
+    def _point(predictor: Predictor, features: Features, source: str, timing: Any) -> Point:
+        return Point(
+            device=predictor.device, target=predictor.target, precision=predictor.precision,
+            features=features, p50_ms=timing.p50_ms, p90_ms=timing.p90_ms,
+            peak_memory_mb=timing.peak_memory_mb, source=source, runtime_version=timing.runtime_version,
+            threads=timing.threads,
+        )  # fmt: skip
 
     def exact(self, flops: int, params: int | None = None) -> Measurement | None:
         """The latest measurement of this very model: same FLOPs, and same params when both are known."""
@@ -215,29 +231,75 @@ class LatencyModel:
         """A host latency scaled to the device by the reference workload's speed on each."""
         return host_ms if self.device_gflops is None else host_ms * ref_gflops / self.device_gflops
 
-    def predict_device_ms(self, flops: int) -> float:
-        """Scale the nearest measured model's latency by FLOPs, then to the device."""
-        nearest = self.nearest(flops)
-        if nearest is None:  # nothing measured yet: FLOPs at the device's reference throughput
-            return flops / ((self.device_gflops or 1.0) * 1e6)
-        return self.device_ms(flops * nearest.host_ms / nearest.flops, nearest.ref_gflops)
+    def measured_ms(self, m: Measurement) -> float:
+        """A measured model's p90 on the device: measured there, else its host p90 scaled."""
+        return m.device_p90_ms if m.device_p90_ms is not None else self.device_ms(m.host_ms, m.ref_gflops)
 
-    def predict_memory_mb(self, size_mb: float, flops: int) -> float:
-        """Runtime peak memory: size times the memory/size ratio of the nearest measured model."""
-        nearest = self.nearest(flops)
-        ratio = (
-            nearest.memory_mb / nearest.size_mb if nearest and nearest.size_mb > 0 else DEFAULT_MEMORY_RATIO
-        )
-        return size_mb * ratio
+    def measured_memory_mb(self, m: Measurement) -> float:
+        return m.device_memory_mb if m.device_memory_mb is not None else m.memory_mb
+
+    def _reference_gflops(self) -> float | None:
+        refs = [m.ref_gflops for m in self.measurements]
+        return statistics.median(refs) if refs else None
+
+    def predict(self, features: Features) -> dict[str, Any]:
+        """p90 latency and peak memory on the device, with the source and error interval they rest on."""
+        if self.device is not None and self.device.points():
+            p = self.device.predict(features)
+            return {
+                "latency_ms": p.p90_ms,
+                "memory_mb": p.memory_mb,
+                **_provenance(p.p90_ms, p, p.source, 0.0),
+            }
+        if self.host is None:  # nothing to calibrate with: FLOPs at the device's reference throughput
+            return {"latency_ms": features.flops / ((self.device_gflops or 1.0) * 1e6), "memory_mb": 0.0,
+                    "source": "FLOPs at the profile's throughput", "latency_error": 1.0}  # fmt: skip
+        p = self.host.predict(features)
+        ref = self._reference_gflops()
+        if self.device_gflops is None or ref is None:
+            return {
+                "latency_ms": p.p90_ms,
+                "memory_mb": p.memory_mb,
+                **_provenance(p.p90_ms, p, p.source, 0.0),
+            }
+        speeds = f"{ref:.1f} host / {self.device_gflops} device GFLOPS"
+        source = f"{p.source}, scaled by the reference workload ({speeds})"
+        latency = self.device_ms(p.p90_ms, ref)
+        return {
+            "latency_ms": latency,
+            "memory_mb": p.memory_mb,
+            **_provenance(latency, p, source, TRANSFER_ERROR),
+        }
 
     def calibration(self, measurement: Measurement | None = None) -> dict[str, object]:
         """What a `predicted` latency rests on: for one measurement, or the run as a whole."""
-        refs = [m.ref_gflops for m in self.measurements]
-        ref = measurement.ref_gflops if measurement else (statistics.median(refs) if refs else None)
-        return {
+        ref = measurement.ref_gflops if measurement else self._reference_gflops()
+        info: dict[str, object] = {
             "method": "host latency x host/device throughput on the reference workload, timed beside it",
             "reference_workload": REFERENCE_NAME,
             "host_reference_gflops": round(ref, 2) if ref else None,
             "device_gflops": self.device_gflops,
             "host_measurements": len(self.measurements),
+            "transfer_error": TRANSFER_ERROR,
         }
+        for name, predictor in (("host_predictor", self.host), ("device_predictor", self.device)):
+            if predictor is not None:
+                info[name] = {"key": predictor.device, "points": len(predictor.points()),
+                              "coefficients": predictor.coefficients()}  # fmt: skip
+        return info
+
+
+# A host timing carried to another device by the reference workload's speed ratio: how far off that can be
+# is not known until the device is measured; this is the interval the report states until then.
+TRANSFER_ERROR = 0.3
+
+
+def _provenance(latency: float, p: Prediction, source: str, extra_error: float) -> dict[str, Any]:
+    """Where a prediction comes from and its error interval (relative error to expect either side)."""
+    error = p.latency_error + extra_error
+    return {
+        "source": source,
+        "latency_error": round(error, 3),
+        "memory_error": round(p.memory_error, 3),
+        "latency_interval_ms": [round(latency * (1 - min(error, 0.99)), 3), round(latency * (1 + error), 3)],
+    }

@@ -8,30 +8,41 @@ Example:
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
 from edge_distill.atomic import atomic_dir
 from edge_distill.cache import TeacherCache, cache_key, cache_root
-from edge_distill.cost import LatencyModel, Measurement, measure_host_reference
+from edge_distill.cost import LatencyModel
 from edge_distill.cut import Cutter, export_module
 from edge_distill.data import TextDataset
-from edge_distill.devices import LatencyProfile, profile_on_host
+from edge_distill.devices import Device
 from edge_distill.distributed import Coordinator
 from edge_distill.errors import EdgeDistillError, NothingFitsError
 from edge_distill.exporting import check_targets
 from edge_distill.families import Family, Fit, get_family
 from edge_distill.planner import Candidate, closest_miss, cost_candidates, misses, model_cost, pick, predict
 from edge_distill.profiles import Budget, DeviceProfile
+from edge_distill.profiling import known
 from edge_distill.report import build_report, write_report
 from edge_distill.targets.base import check_parity, get_target
 from edge_distill.teachers import Teacher
+from edge_distill.timing import (
+    Timed,
+    batch_one,
+    candidate_features,
+    latency_fields,
+    latency_model,
+    model_inputs,
+    rounded,
+    time_on_host,
+    time_unsaved,
+)
 from edge_distill.trainer import TrainSettings
 from edge_distill.training import (
     PROMPT_WORDS,
@@ -62,13 +73,6 @@ class Reporter:
         """Progress of a named task (a new description starts a new bar; completed == total ends it)."""
 
 
-class Timed(NamedTuple):
-    """A host timing and the calibrated measurement the latency model recorded for it."""
-
-    profile: LatencyProfile
-    measurement: Measurement
-
-
 @dataclass
 class Job:
     """Everything one run needs, resolved: the CLI and the Python API both build one of these."""
@@ -95,6 +99,7 @@ class Job:
     trim_vocab: bool = True  # the space also holds students trimmed to the training data's tokens
     teacher_text: int = 0  # causal LMs: texts the teacher writes for sequence-level KD
     data_record: dict[str, Any] = field(default_factory=dict)  # how to load the data again (export)
+    device: Device | None = None  # every artifact is also timed here; the loop decides on that
 
     @property
     def sequence_length(self) -> int:
@@ -168,8 +173,7 @@ def prepare(job: Job, work: Path, reporter: Reporter, coordinator: Coordinator |
     """
     seq_len = job.sequence_length
     inputs = tokenized(job, reporter.say)
-    device = job.profile.throughput_for("fp32")
-    latency = LatencyModel(device_gflops=None if job.profile.measured or device is None else device.gflops)
+    latency = latency_model(job)
     ctx = Context(job, work, inputs, {}, {}, latency, reporter, {}, coordinator or Coordinator())
     ctx.teacher_info = measure_teacher(ctx)
     ctx.cutter = make_cutter(job, inputs)
@@ -229,7 +233,10 @@ def teacher_line(ctx: Context) -> str:
     info, budget = ctx.teacher_info, ctx.job.budget
     p90 = info["latency_ms"]["p90"]
     verdict = "within budget" if p90 <= budget.latency_ms else "over budget"
-    where = "measured on this host" if ctx.job.profile.measured else f"predicted on {ctx.job.profile.name}"
+    where = {
+        "measured-host": "measured on this host",
+        "measured-device": f"measured on {info.get('device')}",
+    }.get(info["latency_source"], f"predicted on {ctx.job.profile.name}")
     return (
         f"Teacher ({ctx.job.family.name}): {info['params'] / 1e6:.1f}M params, "
         f"{info['metric']['name']} {info['metric']['value']:.3f} on held-out data; "
@@ -240,84 +247,19 @@ def teacher_line(ctx: Context) -> str:
 def measure_teacher(ctx: Context) -> dict[str, Any]:
     """The teacher's cost on this host and (predicted) on the device; its metric is added later."""
     job = ctx.job
-    params, flops = model_cost(job.teacher.model, job.sequence_length)
-    timed = time_unsaved(ctx, job.teacher.model, flops, params)
-    timing = timed.profile
+    features = model_cost(job.teacher.model, job.sequence_length)
+    timed = time_unsaved(ctx, job.teacher.model, features)
+    timing = timed.device or timed.profile
     return {
         "name": job.teacher.name,
         "path": str(job.teacher.path),
-        "params": params,
-        "flops": flops,
+        "params": features.params,
+        "flops": features.flops,
         "size_mb": round(timing.size_mb, 2),
         **latency_fields(ctx, timed),
-        "peak_memory_mb": round(timing.peak_memory_mb, 1),
-        "load_ms": round(timing.load_ms, 1),
+        "peak_memory_mb": known(timing.peak_memory_mb, 1),
+        "load_ms": known(timing.load_ms, 1),
     }
-
-
-def time_on_host(ctx: Context, artifact: Path, flops: int, params: int | None = None) -> Timed:
-    """Time ``artifact`` at batch 1 on this host, between two timings of the reference workload.
-
-    The device latency is predicted from the ratio of the two, so the reference is timed right beside
-    the model: load on the host (other processes, thermals) then slows both alike and cancels out.
-    """
-    before = measure_host_reference(cache_root())
-    timing = profile_on_host(artifact, numpy_batch_one(ctx), runs=ctx.job.profile_runs)
-    after = measure_host_reference(cache_root())
-    measurement = ctx.latency.observe(
-        flops=flops,
-        host_ms=timing.p90_ms,
-        memory_mb=timing.peak_memory_mb,
-        size_mb=timing.size_mb,
-        ref_gflops=(before.gflops + after.gflops) / 2,
-        params=params,
-    )
-    ctx.references += [before.as_dict(), after.as_dict()]
-    return Timed(timing, measurement)
-
-
-def time_unsaved(ctx: Context, model: torch.nn.Module, flops: int, params: int | None = None) -> Timed:
-    """Export ``model`` to a temporary artifact and time it (the teacher, an untrained probe)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        module = export_module(ctx.job.family, model)
-        artifact = get_target(ctx.job.target).export(module, batch_one(ctx), Path(tmp))
-        return time_on_host(ctx, artifact, flops, params)
-
-
-def latency_fields(ctx: Context, timed: Timed) -> dict[str, Any]:
-    """Latency on the device with where it comes from, and the host measurement it rests on."""
-    timing = timed.profile
-    host = {"p50": timing.p50_ms, "p90": timing.p90_ms, "p99": timing.p99_ms}
-    if ctx.job.profile.measured:
-        return {
-            "latency_ms": rounded(host),
-            "latency_source": "measured-host",
-            "host_latency_ms": rounded(host),
-        }
-    device = {k: ctx.latency.device_ms(v, timed.measurement.ref_gflops) for k, v in host.items()}
-    return {
-        "latency_ms": rounded(device),
-        "latency_source": "predicted",
-        "calibration": ctx.latency.calibration(timed.measurement),
-        "host_latency_ms": rounded(host),
-    }
-
-
-def rounded(values: dict[str, float]) -> dict[str, float]:
-    return {k: round(v, 3) for k, v in values.items()}
-
-
-def batch_one(ctx: Context) -> dict[str, torch.Tensor]:
-    return {k: v[:1] for k, v in model_inputs(ctx.inputs["test"]).items()}
-
-
-def model_inputs(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The columns an exported artifact takes (a causal LM's next-token labels are not among them)."""
-    return {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
-
-
-def numpy_batch_one(ctx: Context) -> dict[str, Any]:
-    return {k: v.numpy() for k, v in batch_one(ctx).items()}
 
 
 def run_rounds(ctx: Context) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
@@ -356,15 +298,15 @@ def choose(ctx: Context, candidates: list[Candidate], ceilings: dict[str, float]
 def probe(ctx: Context, candidate: Candidate) -> None:
     """Export an untrained copy of ``candidate`` and time it on this host (also proves it exports)."""
     job = ctx.job
-    timed = time_unsaved(ctx, ctx.cutter.untrained(candidate.spec), candidate.flops, candidate.params)
-    timing, fields = timed.profile, latency_fields(ctx, timed)
+    timed = time_unsaved(ctx, ctx.cutter.untrained(candidate.spec), candidate_features(candidate))
+    timing, fields = timed.device or timed.profile, latency_fields(ctx, timed)
     fits = not misses(predict(candidate, ctx.latency), job.budget)
     ctx.probes.append(
         {
             "student": {**candidate.spec.as_dict(), "params": candidate.params, "flops": candidate.flops},
             "latency_ms": fields["latency_ms"],
             "latency_source": fields["latency_source"],
-            "peak_memory_mb": round(timing.peak_memory_mb, 1),
+            "peak_memory_mb": known(timing.peak_memory_mb, 1),
             "size_mb": round(timing.size_mb, 2),
             "fits": fits,
         }
@@ -425,7 +367,7 @@ def run_round(ctx: Context, candidate: Candidate, *, index: int) -> dict[str, An
     held_out = {k: v[: job.parity_examples] for k, v in model_inputs(ctx.inputs["test"]).items()}
     parity = check_parity(get_target(job.target), artifact, wrapped, held_out)
     reporter.say(f"  exported {job.target}, parity ok (max abs diff {parity.max_abs_diff:.2e})")
-    timed = time_on_host(ctx, artifact, candidate.flops, candidate.params)
+    timed = time_on_host(ctx, artifact, candidate_features(candidate))
     record = round_record(ctx, candidate, index, predicted, result.train, measured, timed)
     record["val"] = {k: v for k, v in result.metrics.items()}
     record.update(parity=parity.as_dict(), artifact=str(artifact.relative_to(ctx.work)))
@@ -435,9 +377,13 @@ def run_round(ctx: Context, candidate: Candidate, *, index: int) -> dict[str, An
     reporter.say(
         f"  {record['metric']['name']} {record['metric']['value']:.3f}{retention}, "
         f"p90 {record['latency_ms']['p90']:.1f} ms {record['latency_source']}, "
-        f"{record['peak_memory_mb']:.0f} MB peak, {record['size_mb']:.1f} MB -> {verdict}"
+        f"{memory_text(record['peak_memory_mb'])}, {record['size_mb']:.1f} MB -> {verdict}"
     )
     return record
+
+
+def memory_text(peak_mb: float | None) -> str:
+    return f"{peak_mb:.0f} MB peak" if peak_mb is not None else "peak memory not reported"
 
 
 def measure_student(ctx: Context, student: torch.nn.Module) -> dict[str, Any]:
@@ -462,7 +408,7 @@ def round_record(
     timed: Timed,
 ) -> dict[str, Any]:
     """The round as report.json states it."""
-    timing, fields = timed.profile, latency_fields(ctx, timed)
+    timing, fields = timed.device or timed.profile, latency_fields(ctx, timed)
     costs = {
         "latency_ms": fields["latency_ms"]["p90"],
         "memory_mb": timing.peak_memory_mb,
@@ -478,9 +424,9 @@ def round_record(
         "precision": "fp32",
         "size_mb": round(timing.size_mb, 2),
         **fields,
-        "peak_memory_mb": round(timing.peak_memory_mb, 1),
-        "memory_source": "measured-host",
-        "load_ms": round(timing.load_ms, 1),
+        "peak_memory_mb": known(timing.peak_memory_mb, 1),
+        "memory_source": "measured-device" if timed.device else "measured-host",
+        "load_ms": known(timing.load_ms, 1),
         "metric": metric,
         "retention": ctx.job.family.retention(metric["value"], ctx.teacher_info["metric"]["value"]),
         "agreement": measured["agreement"],

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from edge_distill.cost import LatencyModel, artifact_mb, count_flops, count_params
+from edge_distill.cost import LatencyModel, artifact_mb
+from edge_distill.predictor import Features, model_features
 from edge_distill.students import StudentSpec
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ class Candidate:
     spec: StudentSpec
     params: int
     flops: int
+    features: Features | None = None  # FLOPs and bytes moved: what the predictor predicts from
 
     @property
     def size_mb(self) -> float:
@@ -63,13 +65,13 @@ class Miss:
         }
 
 
-def model_cost(model: torch.nn.Module, seq_len: int) -> tuple[int, int]:
-    """(params, FLOPs) of a text model at batch 1 and ``seq_len`` tokens."""
+def model_cost(model: torch.nn.Module, seq_len: int) -> Features:
+    """FLOPs, bytes moved, weight bytes and params of a text model at batch 1 and ``seq_len`` tokens."""
     example = {
         "input_ids": torch.zeros(1, seq_len, dtype=torch.long),
         "attention_mask": torch.ones(1, seq_len, dtype=torch.long),
     }
-    return count_params(model), count_flops(model, example)
+    return model_features(model, example)
 
 
 def cost_candidates(cutter: Cutter, *, seq_len: int) -> list[Candidate]:
@@ -77,8 +79,10 @@ def cost_candidates(cutter: Cutter, *, seq_len: int) -> list[Candidate]:
     largest first; each is built at random init, which is cheap and costs the same as trained."""
     candidates = []
     for spec in cutter.space():
-        params, flops = model_cost(cutter.untrained(spec), seq_len)
-        candidates.append(Candidate(spec=spec, params=params, flops=flops))
+        features = model_cost(cutter.untrained(spec), seq_len)
+        candidates.append(
+            Candidate(spec=spec, params=features.params, flops=features.flops, features=features)
+        )
     return candidates
 
 
@@ -88,23 +92,24 @@ def predicted_misses(candidate: Candidate, budget: Budget, latency: LatencyModel
     return misses(predicted, budget)
 
 
-def predict(candidate: Candidate, latency: LatencyModel) -> dict[str, float]:
-    """Device latency, runtime memory and artifact size: measured figures where this shape was probed."""
+def predict(candidate: Candidate, latency: LatencyModel) -> dict[str, Any]:
+    """Device p90 latency, runtime memory and artifact size: measured figures where this shape was
+    probed, else the calibrated prediction with its source and error interval."""
     probed = latency.exact(candidate.flops, candidate.params)
     if probed is not None:
         return {
-            "latency_ms": latency.device_ms(probed.host_ms, probed.ref_gflops),
-            "memory_mb": probed.memory_mb,
+            "latency_ms": latency.measured_ms(probed),
+            "memory_mb": latency.measured_memory_mb(probed),
             "size_mb": probed.size_mb,
+            "source": "measured" if probed.device_p90_ms is not None else "measured on this host",
         }
-    return {
-        "latency_ms": latency.predict_device_ms(candidate.flops),
-        "memory_mb": latency.predict_memory_mb(candidate.size_mb, candidate.flops),
-        "size_mb": candidate.size_mb,
-    }
+    features = candidate.features or Features(
+        candidate.flops, 0, int(candidate.size_mb * 2**20), 0, candidate.params
+    )
+    return {**latency.predict(features), "size_mb": candidate.size_mb}
 
 
-def misses(values: dict[str, float], budget: Budget) -> list[Miss]:
+def misses(values: dict[str, Any], budget: Budget) -> list[Miss]:
     limits = {"latency_ms": budget.latency_ms, "memory_mb": budget.memory_mb, "size_mb": budget.size_mb}
     return [Miss(name, values[name], limit) for name, limit in limits.items() if values[name] > limit]
 

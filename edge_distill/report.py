@@ -42,6 +42,7 @@ def build_report(ctx: Context, rounds: list[dict[str, Any]], winner: dict[str, A
             "path": str(job.profile.path),
         },
         "budget": job.budget.as_dict(),
+        "device": {"name": job.device.name} if job.device is not None else None,
         "input": {"sequence_length": job.sequence_length, "batch": 1},
         "data": data_section(job),
         "teacher": ctx.teacher_info,

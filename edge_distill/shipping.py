@@ -93,6 +93,7 @@ def ship(
             top1=data.top1,
         )  # fmt: skip
         metadata = _metadata(target, precision, artifact, inspected, verification.as_dict(), data, profile)
+        metadata["cost"] = _cost(model, data, precision)
         _write_support_files(work, data, metadata)
     return metadata
 
@@ -106,6 +107,18 @@ def _export_into(target: Target, model: torch.nn.Module, data: ShipData, precisi
         os.replace(item, work / item.name)
     staged.parent.rmdir()
     return work / staged.name
+
+
+def _cost(model: torch.nn.Module, data: ShipData, precision: str) -> dict[str, int] | None:
+    """FLOPs and bytes per batch-1 inference: what `edge-distill profile` calibrates the predictor with."""
+    from edge_distill.predictor import BYTES_PER_WEIGHT, model_features
+
+    if precision not in BYTES_PER_WEIGHT:
+        return None
+    try:
+        return model_features(model, {k: v[:1] for k, v in data.example.items()}, precision).as_dict()
+    except Exception:  # a model the counters cannot trace still ships; it just does not calibrate
+        return None
 
 
 def _metadata(

@@ -8,11 +8,13 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, GPT2Config
 
-from edge_distill.cost import MobileNetV1, artifact_mb, count_flops, count_params
+from edge_distill.cost import LatencyModel, Measurement, MobileNetV1, artifact_mb, count_flops, count_params
 from edge_distill.cut import Cutter
+from edge_distill.devices import LatencyProfile
 from edge_distill.errors import TeacherError
 from edge_distill.families import get_family
 from edge_distill.planner import cost_candidates, model_cost
+from edge_distill.predictor import Features, Predictor, Prior
 from edge_distill.students import build_student, layer_map, student_space, teacher_spec
 
 
@@ -81,28 +83,51 @@ def test_reference_workload_is_mobilenet_v1_sized() -> None:
 
 
 def test_candidates_cost_fewer_flops_and_params_than_teacher(teacher: torch.nn.Module) -> None:
-    params, flops = model_cost(teacher, 32)
+    features = model_cost(teacher, 32)
+    params, flops = features.params, features.flops
     keep = torch.arange(0, teacher.config.vocab_size, 3)  # a domain using a third of the vocabulary
     cutter = Cutter(teacher, get_family("sequence-classification"), keep=keep, unk_id=0)
     candidates = cost_candidates(cutter, seq_len=32)
     assert all(c.params < params and c.flops <= flops for c in candidates)
+    assert all(c.features is not None and c.features.flops == c.flops for c in candidates)
     assert any(c.spec.vocab == len(keep) for c in candidates)
     assert artifact_mb(params) == pytest.approx(params * 4 / 2**20)
 
 
-def test_latency_model_scales_by_reference_and_flops() -> None:
-    from edge_distill.cost import LatencyModel
+def timing(p50: float, p90: float, memory: float) -> LatencyProfile:
+    return LatencyProfile(p50, p90, p90 * 1.1, p50, 50, 10, 5.0, memory, 1.0, 2, "onnxruntime", "1.31.1")
 
-    model = LatencyModel(device_gflops=40.0)
-    model.observe(flops=2_000_000_000, host_ms=20.0, memory_mb=200.0, size_mb=100.0, ref_gflops=80.0)
-    # measured model: host time x (host reference speed / device speed)
-    assert model.device_ms(20.0, 80.0) == pytest.approx(40.0)
-    # unmeasured: FLOPs-scaled from the nearest measured model, then to the device
-    assert model.predict_device_ms(1_000_000_000) == pytest.approx(20.0)
-    assert model.predict_memory_mb(50.0, 1_000_000_000) == pytest.approx(100.0)
-    # a later, exact measurement of the same shape wins over the FLOPs estimate
-    model.observe(flops=1_000_000_000, host_ms=15.0, memory_mb=90.0, size_mb=50.0, ref_gflops=60.0)
-    assert model.exact(1_000_000_000).host_ms == 15.0
-    assert model.predict_device_ms(1_000_000_000) == pytest.approx(15.0 * 60.0 / 40.0)
+
+def test_latency_model_uses_measurements_then_scaled_calibrated_predictions() -> None:
+    host = Predictor("host:test|2 threads", "onnx", "fp32", Prior(gflops=50.0, bandwidth_gbs=10.0), None)
+    model = LatencyModel(device_gflops=40.0, host=host)
+    # flops, bytes moved, weight bytes, peak activation bytes, params
+    big = Features(2_000_000_000, 200_000_000, 100 * 2**20, 0, 25_000_000)
+    small = Features(1_000_000_000, 100_000_000, 50 * 2**20, 0, 12_500_000)
+    measured = Measurement(big.flops, 20.0, 200.0, 100.0, 80.0, big.params)
+    model.observe(measured, big, host=timing(18.0, 20.0, 200.0))
+    assert host.points() and host.points()[0].p50_ms == 18.0  # the host predictor is calibrated by it
+    # measured model: host p90 x (host reference speed / device speed)
+    assert model.measured_ms(measured) == pytest.approx(40.0)
+    # unmeasured: the host predictor's p90, scaled to the device by the reference ratio, with its source
+    predicted = model.predict(small)
+    assert predicted["latency_ms"] == pytest.approx(host.predict(small).p90_ms * 80.0 / 40.0)
+    assert (
+        "calibrated on 1 measurement" in predicted["source"] and "reference workload" in predicted["source"]
+    )
+    low, high = predicted["latency_interval_ms"]
+    assert low < predicted["latency_ms"] < high
+    # a later, exact measurement of the same shape wins over any prediction
+    model.observe(
+        Measurement(small.flops, 15.0, 90.0, 50.0, 60.0, small.params), small, host=timing(14, 15, 90)
+    )
+    assert model.exact(small.flops, small.params).host_ms == 15.0
+    # a device's own measurements take over from the host's once there are any
+    device = Predictor("ssh://pi@pi|4 threads", "onnx", "fp32", Prior(gflops=40.0, bandwidth_gbs=8.0), None)
+    with_device = LatencyModel(device_gflops=40.0, host=host, device=device)
+    with_device.observe(Measurement(big.flops, 20.0, 200.0, 100.0, 80.0, big.params, 55.0, 190.0), big,
+                        host=timing(18, 20, 200), device=timing(50, 55, 190))  # fmt: skip
+    assert with_device.measured_ms(with_device.measurements[-1]) == 55.0
+    assert "ssh://pi@pi" in with_device.predict(small)["source"]
     # the host itself: no scaling
     assert LatencyModel(device_gflops=None).device_ms(12.0, 80.0) == 12.0
