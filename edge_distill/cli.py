@@ -1,7 +1,8 @@
 """The command line. Thin: parse, call the library, print.
 
-Exit codes: 0 a student fits (or the command succeeded); 2 bad input, with one sentence naming the
-problem and the fix; 3 no student fits the budget; 130 interrupted (nothing half-written is left).
+Exit codes: 0 a student fits (or the command succeeded); 2 bad input or an unreachable device, with one
+sentence naming the problem and the fix; 3 no student fits the budget (`profile --profile`: the artifact
+misses the profile's budget); 130 interrupted (nothing half-written is left).
 
 Example:
     $ edge-distill --profile raspberry-pi
@@ -34,7 +35,8 @@ def run_parser() -> argparse.ArgumentParser:
         prog="edge-distill",
         description="Distil a teacher into a student that fits a device profile "
         "(the built-in demo when no teacher and data are given). "
-        "Other commands: `edge-distill profiles [show NAME]`, `edge-distill export STUDENT_DIR`.",
+        "Other commands: `edge-distill profiles [show NAME]`, `edge-distill export STUDENT_DIR`, "
+        "`edge-distill profile ARTIFACT --device URL`.",
     )
     parser.add_argument("--version", action="version", version=f"edge-distill {__version__}")
     parser.add_argument("--profile", required=True, help="device profile name or alias, or a path to a .toml")
@@ -120,6 +122,14 @@ def run_parser() -> argparse.ArgumentParser:
         help="train candidates without first timing an untrained copy (cheaper where probing is slow)",
     )
     parser.add_argument("--max-per-class", type=int, help="use at most N examples per class of the demo data")
+    parser.add_argument(
+        "--device",
+        help="ssh://user@host[:port] or adb://SERIAL: time every round there; the loop decides on that "
+        "measurement instead of a prediction (see `edge-distill profile --help` for the device options)",
+    )
+    parser.add_argument("--device-python", help="ssh: the device's Python with the runtime (default python3)")
+    parser.add_argument("--ssh-config", type=Path, help="ssh: a config file instead of ~/.ssh/config")
+    parser.add_argument("--runner-binary", help="adb: executor_runner (.pte) or benchmark_model (.tflite)")
     parser.add_argument("--out", type=Path, help="run folder (default runs/<profile>-<time>)")
     parser.add_argument("--json", action="store_true", help="print a JSON envelope instead of text")
     return parser
@@ -194,8 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     console = Console(stderr=False)
     wants_json = "--json" in argv
-    command = argv[0] if argv[:1] in (["profiles"], ["export"]) else "run"
+    command = argv[0] if argv[:1] in (["profiles"], ["export"], ["profile"]) else "run"
     try:
+        if command == "profile":
+            from edge_distill.cli_profile import profile_command, profile_parser
+
+            return profile_command(profile_parser().parse_args(argv[1:]), console)
         if command == "profiles":
             return profiles_command(profiles_parser().parse_args(argv[1:]), console)
         if command == "export":
@@ -313,6 +327,16 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
         mixed_precision=args.mixed_precision,
     )
     config = read_config(args.config)
+    device = None
+    if args.device:
+        from edge_distill.devices import open_device
+
+        device = open_device(
+            args.device,
+            python=args.device_python,
+            ssh_config=args.ssh_config,
+            runner_binary=args.runner_binary,
+        )
     profile, budget = resolve_device(
         args.profile,
         budget={"latency_ms": args.latency_ms, "memory_mb": args.memory_mb, "size_mb": args.size_mb},
@@ -347,6 +371,7 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
         scheme=args.scheme,
         top_k=args.top_k,
         resume=args.resume,
+        device=device,
         reporter=reporter,
     )
     try:
@@ -378,11 +403,10 @@ def is_main_rank() -> bool:
 def fits_line(report: dict[str, Any]) -> str:
     result = report["result"]
     winner = next(r for r in report["rounds"] if r["round"] == result["round"])
-    where = (
-        "measured on this host"
-        if winner["latency_source"] == "measured-host"
-        else (f"predicted on {report['profile']['name']}")
-    )
+    where = {
+        "measured-host": "measured on this host",
+        "measured-device": f"measured on {winner.get('device')}",
+    }.get(winner["latency_source"], f"predicted on {report['profile']['name']}")
     retention = f" (retention {winner['retention']:.1%})" if winner["retention"] is not None else ""
     return (
         f"Fits: round {winner['round']}, {winner['student']['params'] / 1e6:.1f}M params, "

@@ -25,7 +25,9 @@ from edge_distill.errors import DeviceError
 from edge_distill.targets import runner
 from edge_distill.targets.runner import LatencyProfile
 
-__all__ = ["Device", "HostDevice", "LatencyProfile", "profile_on_host"]
+__all__ = ["Device", "HostDevice", "LatencyProfile", "open_device", "profile_on_host"]
+
+DEVICE_FORMS = "`local`, `ssh://user@host[:port]` or `adb://SERIAL`"
 
 
 class Device(Protocol):
@@ -48,9 +50,15 @@ class HostDevice:
     """This machine: the runner runs in a fresh ``sys.executable`` subprocess."""
 
     name = "host"
+    source = "measured-host"
 
     def __init__(self, *, timeout_s: float = 600.0) -> None:
         self.timeout_s = timeout_s
+
+    @property
+    def key(self) -> str:
+        """Names this machine in the calibration file: its CPU (a copied cache must not mix hosts)."""
+        return f"host:{runner._cpu_name() or 'unknown cpu'}"
 
     def profile(
         self,
@@ -86,6 +94,50 @@ class HostDevice:
                 f"{_last_line(done.stderr)}"
             )
         return done.stdout
+
+
+def open_device(
+    spec: str,
+    *,
+    python: str | None = None,
+    ssh_config: Path | None = None,
+    runner_binary: str | None = None,
+    adb: str = "adb",
+) -> Device:
+    """The device a ``--device`` string names: ``local``, ``ssh://user@host[:port]`` or ``adb://SERIAL``.
+
+    Example:
+        >>> open_device("local").name
+        'host'
+        >>> open_device("ssh://pi@raspberrypi.local").name   # doctest: +SKIP
+        'ssh://pi@raspberrypi.local'
+    """
+    if spec in ("local", "host"):
+        return HostDevice()
+    if spec.startswith("ssh://"):
+        from edge_distill.ssh import SshDevice
+
+        return SshDevice(spec, python=python or "python3", config_file=ssh_config)
+    if spec.startswith("adb://"):
+        from edge_distill.adb import AdbDevice
+
+        if not runner_binary:
+            raise DeviceError(
+                f"Profiling on {spec} needs the runtime's benchmark binary; pass --runner-binary with "
+                "ExecuTorch's executor_runner (for .pte) or LiteRT's benchmark_model (for .tflite)."
+            )
+        return AdbDevice(spec, runner_binary=runner_binary, adb=adb)
+    raise DeviceError(f"Unknown device {spec!r}; use {DEVICE_FORMS}.")
+
+
+def device_key(device: Device) -> str:
+    """The name a device's measurements are calibrated under."""
+    return str(getattr(device, "key", device.name))
+
+
+def device_source(device: Device) -> str:
+    """How a report labels this device's latencies: measured-host or measured-device."""
+    return str(getattr(device, "source", "measured-device"))
 
 
 def profile_on_host(

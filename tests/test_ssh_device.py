@@ -232,3 +232,82 @@ def test_a_bad_url_shows_a_good_one(url: str) -> None:
         match=r"is not an SSH device URL; write it as ssh://\[user@\]host\[:port\], e\.g\. ssh://pi@",
     ):
         SshDevice(url)
+
+
+# --- the CLI and the main job over the same real sshd -------------------------------------------------------
+
+FAST = ["--epochs", "1", "--seq-len", "16", "--max-rounds", "1", "--no-vocab-trim"]
+ROOMY = ["--latency-ms", "1000", "--memory-mb", "4000", "--size-mb", "1000"]
+
+
+def test_profile_command_over_ssh_calibrates_the_device(
+    sshd: Sshd, device_python: Path, bundle: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import json
+
+    from edge_distill.cli import main
+
+    monkeypatch.setenv("EDGE_DISTILL_CACHE", str(tmp_path / "cache"))
+    argv = ["profile", str(bundle), "--device", sshd.url, "--ssh-config", str(sshd.config_file)]
+    argv += ["--device-python", str(device_python), "--profile", "raspberry-pi-4", "--runs", "20", "--json"]
+    assert main(argv) in (0, 3)
+    result = json.loads(capsys.readouterr().out)["result"]
+    assert result["latency_source"] == "measured-device" and result["device"] == sshd.url
+    assert result["threads"] == 4 and result["conditions"]["threads"] == 4  # the Pi 4 profile's cores
+    assert result["calibration"]["stored"] and result["calibration"]["key"].startswith(f"{sshd.url}|4")
+    main(argv)
+    again = json.loads(capsys.readouterr().out)["result"]
+    assert again["prediction"]["source"].startswith(f"calibrated on 1 measurement of {sshd.url}")
+
+
+def test_the_main_job_decides_on_the_device_measurement(
+    sshd: Sshd, device_python: Path, tiny_teacher_dir: Path, tiny_csv: Path, tmp_path: Path, capsys
+) -> None:
+    import json
+
+    from edge_distill.cli import main
+
+    out_dir = tmp_path / "run"
+    device = [
+        "--device",
+        sshd.url,
+        "--ssh-config",
+        str(sshd.config_file),
+        "--device-python",
+        str(device_python),
+    ]
+    argv = ["--profile", "raspberry-pi-4", "--teacher", str(tiny_teacher_dir), "--data", str(tiny_csv)]
+    code = main([*argv, "--out", str(out_dir), *device, *ROOMY, *FAST])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    report = json.loads((out_dir / "report.json").read_text())
+    assert report["device"] == {"name": sshd.url}
+    assert report["teacher"]["latency_source"] == "measured-device"
+    winner = report["rounds"][-1]
+    assert winner["latency_source"] == "measured-device" and winner["memory_source"] == "measured-device"
+    assert winner["device"] == sshd.url and winner["device_conditions"]["threads"] == 4
+    assert f"measured on {sshd.url}" in out
+    assert report["calibration"]["device_predictor"]["points"] >= 2  # the teacher and the round at least
+
+
+def test_an_unreachable_device_leaves_rounds_not_measured(
+    tiny_teacher_dir: Path, tiny_csv: Path, tmp_path: Path, capsys
+) -> None:
+    import json
+
+    from edge_distill.cli import main
+
+    port = free_port()  # nothing listens there
+    config = tmp_path / "ssh_config"
+    config.write_text("")
+    out_dir = tmp_path / "run"
+    device = ["--device", f"ssh://127.0.0.1:{port}", "--ssh-config", str(config)]
+    argv = ["--profile", "raspberry-pi-4", "--teacher", str(tiny_teacher_dir), "--data", str(tiny_csv)]
+    code = main([*argv, "--out", str(out_dir), *device, *ROOMY, *FAST])
+    out, err = capsys.readouterr()
+    assert code == 0, err  # the job goes on with predictions
+    assert f"not measured on ssh://127.0.0.1:{port}: " in out
+    report = json.loads((out_dir / "report.json").read_text())
+    winner = report["rounds"][-1]
+    assert winner["latency_source"] == "predicted" and "cannot reach" in winner["device_error"].lower()
+    assert winner["latency_interval_ms"][0] < winner["latency_ms"]["p90"] < winner["latency_interval_ms"][1]
