@@ -16,9 +16,10 @@ and on one device, target and precision::
                 + activation_bytes / activation_bandwidth + weight_bytes_read / weight_bandwidth
     memory_mb = runtime_mb + weight_factor * weight_bytes + peak_activation_bytes
 
-The coefficients start from the device profile's figures (throughput, memory bandwidth) and are refitted,
-by least squares on relative error pulled toward those figures, from every measurement stored for that
-device, target and precision in ``calibration.json`` in the user's cache: predictions improve with use.
+The coefficients start from the device profile's figures (throughput, memory bandwidth) and are refitted
+from every measurement stored for that device, target and precision in ``calibration.json`` in the user's
+cache (latency: the first n - 1 of LATENCY_RANK from n points; memory: least squares pulled toward the
+prior): predictions improve with use.
 Each prediction says what it rests on (``source``) and carries an error interval from the calibration's
 leave-one-out errors (or a wide default before any measurement).
 
@@ -63,8 +64,8 @@ PRIOR_RUNTIME_MB = 30.0
 PRIOR_WEIGHT_FACTOR = 1.0
 UNCALIBRATED_ERROR = 0.5  # +-50% until enough measurements calibrate the device
 LOO_POINTS = 4  # leave-one-out errors need at least this many points
-# How strongly the fit is pulled toward the prior (relative units): weak, so that three measurements
-# decide, but enough to keep a 3-coefficient fit on 1-2 points from going wild.
+# How strongly the memory fit is pulled toward the prior (relative units): weak, so that measurements
+# decide, but enough to keep the 2-coefficient fit on one point from going wild.
 PRIOR_WEIGHT = 1e-4
 
 
@@ -347,11 +348,48 @@ def _memory_row(f: Features) -> np.ndarray:
     return np.array([1.0, f.weight_bytes / 2**20])
 
 
+# The latency coefficients in the order the measurements earn them: FLOPs and activation bytes explain
+# most of a model's time; kernels, the per-call overhead and weight reads refine it once there are points
+# enough. (On this host, 13 BERT students at 1 thread: FLOPs + activation bytes alone fit all 13 within
+# 16%; fitting all five from 3 points interpolated the timing noise instead.)
+LATENCY_RANK = (2, 3, 1, 0, 4)  # indices into _latency_row
+
+
 def fit_latency(points: list[Point], prior: Prior) -> np.ndarray:
-    """ms per (call, 100 kernels, GFLOP, GB of activations, GB of weights read): least squares on relative
-    error, pulled toward the prior."""
-    rows = [_latency_row(p.features) for p in points]
-    return _fit(rows, [p.p50_ms for p in points], prior.latency_coefficients())
+    """ms per (call, 100 kernels, GFLOP, GB of activations, GB of weights read).
+
+    No points: the prior. One point: the prior scaled to it. n points: the first n - 1 coefficients of
+    LATENCY_RANK by non-negative least squares on relative error (one point more than unknowns, so noise
+    is averaged, not interpolated); the coefficients not yet earned are 0.
+    """
+    coefficients = prior.latency_coefficients()
+    if not points:
+        return coefficients
+    rows = np.array([_latency_row(p.features) for p in points])  # (n, 5)
+    targets = np.array([p.p50_ms for p in points])
+    if len(points) == 1:
+        return coefficients * targets[0] / float(rows[0] @ coefficients)
+    fitted = list(LATENCY_RANK[: len(points) - 1])
+    solution = _nonnegative_relative_fit(rows[:, fitted], targets)
+    out = np.zeros(len(coefficients))
+    out[fitted] = solution
+    return out
+
+
+def _nonnegative_relative_fit(rows: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Non-negative c minimising sum(((row . c) / y - 1)^2): drop a coefficient that comes out negative."""
+    a = rows / targets[:, None]  # (n, k)
+    b = np.ones(len(targets))
+    active = a.any(axis=0)  # a feature every point has at 0 cannot be fitted
+    x = np.zeros(rows.shape[1])
+    for _ in range(rows.shape[1]):
+        x = np.zeros(rows.shape[1])
+        if active.any():
+            x[active] = np.linalg.lstsq(a[:, active], b, rcond=None)[0]
+        if (x >= 0).all():
+            break
+        active &= x > 0
+    return np.clip(x, 0, None)
 
 
 def fit_memory(points: list[Point], prior: Prior) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -50,13 +51,14 @@ def test_features_count_flops_weights_and_only_the_gathered_embedding_rows() -> 
     )
 
 
-def features(gflops: float, moved_mb: float, weights_mb: float = 10.0) -> Features:
-    return Features(int(gflops * 1e9), int(moved_mb * 1e6), int(weights_mb * 2**20), 2**20, 1000)
+def features(gflops: float, moved_mb: float, weights_mb: float = 10.0, kernels: int = 0) -> Features:
+    moved = int(moved_mb * 1e6)  # all of it activations: the weights read are in the FLOPs' kernels here
+    return Features(int(gflops * 1e9), moved, int(weights_mb * 2**20), 2**20, 1000, kernels, moved)
 
 
 def truth(f: Features) -> float:
-    """A device with 0.5 ms per call, 100 GFLOPS and 20 GB/s."""
-    return 0.5 + f.flops / 1e8 + f.moved_bytes / 2e7
+    """A device with 100 GFLOPS and 20 GB/s for activations."""
+    return f.flops / 1e8 + f.activation_bytes / 2e7
 
 
 def point(f: Features, device: str = "dev", p50: float | None = None, memory: float | None = None) -> Point:
@@ -75,16 +77,30 @@ def test_three_measurements_calibrate_a_far_off_prior() -> None:
     for f in (features(0.1, 5, 5), features(0.5, 50, 20), features(2.0, 20, 80)):
         model.observe(point(f))
     after = model.predict(unseen)
-    assert after.p50_ms == pytest.approx(truth(unseen), rel=0.05)  # the weak pull toward the prior: <5%
+    assert after.p50_ms == pytest.approx(truth(unseen), rel=1e-6)
     assert after.p90_ms == pytest.approx(after.p50_ms * 1.2, rel=1e-6)  # the measured p90/p50 spread
     assert after.memory_mb == pytest.approx(40 + 1.5 * 40 + 1, rel=0.02)  # weights x 1.5 + activations
     assert after.source == "calibrated on 3 measurements of dev"
     assert after.latency_error == pred.UNCALIBRATED_ERROR  # too few points for a leave-one-out interval
-    for f in (features(1.0, 10, 30), features(0.3, 30, 10), features(1.5, 80, 60)):
-        model.observe(point(f))
-    assert model.predict(unseen).latency_error < 0.2  # now the interval comes from leave-one-out errors
     coefficients = model.coefficients()
-    assert coefficients["effective_gflops"] == pytest.approx(100, rel=0.1)
+    assert coefficients["effective_gflops"] == pytest.approx(100, rel=1e-6)
+    assert coefficients["activation_bandwidth_gbs"] == pytest.approx(20, rel=1e-6)
+    for f in (features(1.0, 10, 30), features(0.3, 30, 10)):
+        model.observe(point(f, p50=truth(f) * 1.04))  # a little timing noise
+    assert 0.05 <= model.predict(unseen).latency_error < 0.2  # now from leave-one-out errors
+
+
+def test_coefficients_are_earned_one_point_at_a_time() -> None:
+    prior = Prior(gflops=50.0, bandwidth_gbs=10.0)
+    model = Predictor("dev", "onnx", "fp32", prior, store=None)
+    first = features(0.5, 20, kernels=60)
+    model.observe(point(first, p50=7.0))
+    assert model.predict(first).p50_ms == pytest.approx(7.0)  # one point: the prior's shape, scaled to it
+    assert model.coefficients()["per_kernel_ms"] > 0
+    model.observe(point(features(1.0, 20, kernels=60), p50=12.0))
+    two = model.coefficients()  # two points: FLOPs alone, one point more than unknowns
+    assert two["per_kernel_ms"] == 0 and two["overhead_ms"] == 0
+    assert two["activation_bandwidth_gbs"] == math.inf and two["effective_gflops"] > 0
 
 
 def test_a_fit_never_goes_negative() -> None:
