@@ -35,7 +35,6 @@ from edge_distill.teachers import Teacher
 from edge_distill.timing import (
     Timed,
     batch_one,
-    candidate_features,
     latency_fields,
     latency_model,
     model_inputs,
@@ -298,7 +297,7 @@ def choose(ctx: Context, candidates: list[Candidate], ceilings: dict[str, float]
 def probe(ctx: Context, candidate: Candidate) -> None:
     """Export an untrained copy of ``candidate`` and time it on this host (also proves it exports)."""
     job = ctx.job
-    timed = time_unsaved(ctx, ctx.cutter.untrained(candidate.spec), candidate_features(candidate))
+    timed = time_unsaved(ctx, ctx.cutter.untrained(candidate.spec), candidate.cost)
     timing, fields = timed.device or timed.profile, latency_fields(ctx, timed)
     fits = not misses(predict(candidate, ctx.latency), job.budget)
     ctx.probes.append(
@@ -367,7 +366,7 @@ def run_round(ctx: Context, candidate: Candidate, *, index: int) -> dict[str, An
     held_out = {k: v[: job.parity_examples] for k, v in model_inputs(ctx.inputs["test"]).items()}
     parity = check_parity(get_target(job.target), artifact, wrapped, held_out)
     reporter.say(f"  exported {job.target}, parity ok (max abs diff {parity.max_abs_diff:.2e})")
-    timed = time_on_host(ctx, artifact, candidate_features(candidate))
+    timed = time_on_host(ctx, artifact, candidate.cost)
     record = round_record(ctx, candidate, index, predicted, result.train, measured, timed)
     record["val"] = {k: v for k, v in result.metrics.items()}
     record.update(parity=parity.as_dict(), artifact=str(artifact.relative_to(ctx.work)))

@@ -38,6 +38,13 @@ class Candidate:
     def size_mb(self) -> float:
         return artifact_mb(self.params)
 
+    @property
+    def cost(self) -> Features:
+        """Its counted cost; a candidate built without counts has its FLOPs and fp32 weights only."""
+        if self.features is not None:
+            return self.features
+        return Features(self.flops, 0, int(self.size_mb * 2**20), 0, self.params)
+
 
 @dataclass(frozen=True)
 class Miss:
@@ -103,9 +110,7 @@ def predict(candidate: Candidate, latency: LatencyModel) -> dict[str, Any]:
             "size_mb": probed.size_mb,
             "source": "measured" if probed.device_p90_ms is not None else "measured on this host",
         }
-    features = candidate.features or Features(
-        candidate.flops, 0, int(candidate.size_mb * 2**20), 0, candidate.params
-    )
+    features = candidate.cost
     return {**latency.predict(features), "size_mb": candidate.size_mb}
 
 

@@ -251,9 +251,8 @@ class Prediction:
         data = asdict(self)
         for key in ("p50_ms", "p90_ms", "memory_mb"):
             data[key] = round(data[key], 3)
-        data["latency_interval_ms"] = [round(self.p50_ms * (1 - e), 3) for e in (self.latency_error,)] + [
-            round(self.p50_ms * (1 + self.latency_error), 3)
-        ]
+        low, high = self.p50_ms * (1 - self.latency_error), self.p50_ms * (1 + self.latency_error)
+        data["latency_interval_ms"] = [round(low, 3), round(high, 3)]
         return data
 
 

@@ -21,7 +21,6 @@ from edge_distill.cost import TRANSFER_ERROR, LatencyModel, Measurement, measure
 from edge_distill.cut import export_module
 from edge_distill.devices import HostDevice, LatencyProfile, device_key, profile_on_host
 from edge_distill.errors import DeviceError
-from edge_distill.planner import Candidate
 from edge_distill.predictor import CalibrationStore, Features, Predictor, prior_for
 from edge_distill.profiles import load_profile
 from edge_distill.profiling import calibration_key
@@ -155,9 +154,3 @@ def model_inputs(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def numpy_batch_one(ctx: Context) -> dict[str, Any]:
     return {k: v.numpy() for k, v in batch_one(ctx).items()}
-
-
-def candidate_features(candidate: Candidate) -> Features:
-    if candidate.features is not None:
-        return candidate.features
-    return Features(candidate.flops, 0, int(candidate.size_mb * 2**20), 0, candidate.params)
