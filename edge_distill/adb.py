@@ -112,8 +112,7 @@ class AdbDevice:
         _check_counts(warmup, runs)
         if not artifact.is_file():
             raise DeviceError(f"{artifact} does not exist; export it before profiling it on {self.name}.")
-        self._check_adb()
-        self._call(["get-state"], "Reaching the device")
+        self.reach()
         facts = self._facts()
         pushed: list[str] = []
         try:
@@ -131,6 +130,16 @@ class AdbDevice:
         if tool == "executor_runner":
             return executor_runner_profile(parse_executor_runner(text), context)
         return benchmark_model_profile(parse_benchmark_model(text), context)
+
+    def reach(self) -> None:
+        """Check that adb runs and the device answers; one DeviceError sentence (no adb, no such device,
+        unauthorized, offline) before a run loads or trains anything.
+
+        Example:
+            >>> AdbDevice("adb://R58M", runner_binary="executor_runner").reach()  # doctest: +SKIP
+        """
+        self._check_adb()
+        self._call(["get-state"], "Reaching the device")
 
     # --- steps -------------------------------------------------------------------------------------
 

@@ -9,10 +9,11 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from edge_distill.atomic import check_writable
 from edge_distill.data import TextDataset, load_demo_data, load_text_file
 from edge_distill.demo_teacher import build_demo_teacher
 from edge_distill.devices import Device, open_device
@@ -108,7 +109,7 @@ def make_job(
     trim_vocab: bool = True,
     teacher_text: int = 0,
     seq_len: int | None = None,
-    max_rounds: int = 4,
+    max_rounds: int = 6,
     max_per_class: int | None = None,
     probe: bool = True,
     losses: Mapping[str, Any] | None = None,
@@ -116,16 +117,24 @@ def make_job(
     top_k: int = 64,
     resume: bool = False,
     device: str | Device | None = None,
+    targets: Sequence[str] | None = None,
+    precisions: Sequence[str] | None = None,
+    quick: bool = False,
+    command: list[str] | None = None,
     reporter: Reporter | None = None,
 ) -> Job:
     """Load the teacher and data (the demo when neither is given) into a Job for ``profile``.
 
     ``device`` (``ssh://user@host``, ``adb://SERIAL`` or a Device): every round is also timed there, and
-    the loop decides on that measurement.
+    the loop decides on that measurement. ``targets``/``precisions`` narrow what the loop may ship (default:
+    the profile's targets at every precision each offers); ``quick`` ships only the winning target and
+    times with fewer runs; ``resume`` continues an interrupted run in ``out_dir``.
     """
     out_dir = out_dir or default_out_dir(profile)
     connected = open_device(device) if isinstance(device, str) else device
-    check_out_dir(out_dir)  # before minutes of loading, not after
+    check_out_dir(out_dir, resume)  # before minutes of loading, not after
+    check_writable(out_dir)  # a read-only or missing disk fails now too
+    check_choices(targets, precisions)
     if teacher_text < 0:
         raise EdgeDistillError(f"--teacher-text must be 0 or more, got {teacher_text}; fix the value.")
     if width not in ("prune", "slice"):
@@ -168,6 +177,11 @@ def make_job(
         scheme=scheme,
         top_k=top_k,
         resume=resume,
+        targets=tuple(targets) if targets else None,
+        precisions=tuple(precisions) if precisions else None,
+        ship_all=not quick,
+        profile_runs=20 if quick else 100,
+        command=command,
         width=width,
         trim_vocab=trim_vocab,
         teacher_text=teacher_text,
@@ -180,6 +194,18 @@ def make_job(
             "seed": train.seed,
         },
     )
+
+
+def check_choices(targets: Sequence[str] | None, precisions: Sequence[str] | None) -> None:
+    """Unknown target or precision names fail now, in one sentence, before anything loads."""
+    from edge_distill.targets.base import TARGETS, get_target
+
+    for name in targets or ():
+        get_target(name)  # an unknown name names the closest known one
+    known = {p for name in TARGETS.names() for p in get_target(name).precisions}
+    for precision in precisions or ():
+        if precision not in known:
+            raise EdgeDistillError(f"Unknown precision {precision!r}; use one of {', '.join(sorted(known))}.")
 
 
 def fit_to_device(

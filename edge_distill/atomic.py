@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from edge_distill.errors import EdgeDistillError
+
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
@@ -50,3 +52,22 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+
+
+def check_writable(folder: Path) -> None:
+    """Fail now, in one sentence, when ``folder`` cannot be made: a read-only disk, /proc, no permission.
+
+    Makes and removes an empty folder in the nearest existing ancestor, so nothing is left behind.
+
+    Example:
+        >>> check_writable(Path("/proc/run"))  # doctest: +SKIP
+        Traceback (most recent call last):
+        EdgeDistillError: Cannot write the run folder /proc/run (No such file or directory); ...
+    """
+    existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
+    try:
+        Path(tempfile.mkdtemp(prefix=".edge-distill-check-", dir=existing)).rmdir()
+    except OSError as exc:
+        raise EdgeDistillError(
+            f"Cannot write the run folder {folder} ({exc.strerror}); pass --out a folder on a writable disk."
+        ) from None

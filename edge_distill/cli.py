@@ -24,10 +24,13 @@ from rich.console import Console
 from rich.markup import escape
 
 from edge_distill import __version__
-from edge_distill.errors import EdgeDistillError, ProfileError
+from edge_distill.errors import EdgeDistillError, ProfileError, disk_error
 
 JSON_SCHEMA = 1
-CONFIG_KEYS = {"budget": {"latency_ms", "memory_mb", "size_mb"}, "losses": None}
+CONFIG_KEYS = {
+    "budget": {"latency_ms", "memory_mb", "size_mb", "min_retention", "accelerator_share"},
+    "losses": None,
+}
 
 
 def run_parser() -> argparse.ArgumentParser:
@@ -39,7 +42,7 @@ def run_parser() -> argparse.ArgumentParser:
         "`edge-distill profile ARTIFACT --device URL`.",
     )
     parser.add_argument("--version", action="version", version=f"edge-distill {__version__}")
-    parser.add_argument("--profile", required=True, help="device profile name or alias, or a path to a .toml")
+    parser.add_argument("--profile", help="device profile name or alias, or a path to a .toml (required)")
     parser.add_argument(
         "--teacher",
         help="Hugging Face folder or hub id: a text classifier, a sentence-embedding model or a causal LM "
@@ -83,6 +86,31 @@ def run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--memory-mb", type=float, help="runtime memory budget (overrides the profile)")
     parser.add_argument("--size-mb", type=float, help="artifact size budget (overrides the profile)")
     parser.add_argument(
+        "--min-retention",
+        type=float,
+        help="accuracy floor: student metric / teacher metric, 0-1 (default: the profile's, else 0.95)",
+    )
+    parser.add_argument(
+        "--accelerator-share",
+        type=float,
+        help="floor on the share of ops a target runs on the accelerator, 0-1, where the target reports it",
+    )
+    parser.add_argument(
+        "--target",
+        action="append",
+        help="only these targets (repeatable; default: the profile's, each at every precision it offers)",
+    )
+    parser.add_argument(
+        "--precision",
+        action="append",
+        help="only these precisions (repeatable: fp32, fp16, int8, int8-dynamic, palettized)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a fast trial: ship only the winning target and time with fewer runs",
+    )
+    parser.add_argument(
         "--config", type=Path, help="TOML file with a [budget] table (below the command line)"
     )
     parser.add_argument("--temperature", type=float, default=2.0, help="softmax temperature for soft targets")
@@ -108,14 +136,19 @@ def run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mixed-precision", choices=["auto", "bf16", "fp16", "no"], default="auto")
     parser.add_argument(
         "--resume",
-        action="store_true",
-        help="continue an interrupted run's training from its last finished epoch (same command otherwise)",
+        nargs="?",
+        const=True,
+        metavar="RUN",
+        help="continue an interrupted run (runs/<run>, or the --out folder) after its last finished round "
+        "and epoch; `--resume RUN` alone repeats the command that started it",
     )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seq-len", type=int, help="tokens per input (default: the profile's)")
-    parser.add_argument("--max-rounds", type=int, default=4)
+    parser.add_argument(
+        "--max-rounds", type=int, default=6, help="most rounds (each distils or re-exports one student)"
+    )
     parser.add_argument(
         "--no-probe",
         action="store_true",
@@ -214,15 +247,38 @@ def main(argv: list[str] | None = None) -> int:
             return profiles_command(profiles_parser().parse_args(argv[1:]), console)
         if command == "export":
             return export_command(export_parser().parse_args(argv[1:]), console)
-        return run_command(run_parser().parse_args(argv), console)
+        return run_command(parse_run_args(argv), console)
     except EdgeDistillError as error:
         return fail(console, command, wants_json, str(error), error.exit_code)
     except KeyboardInterrupt:
-        message = (
-            "Interrupted; nothing half-written was left behind. Training checkpoints are kept: run the same "
-            "command with --resume to continue from the last finished epoch."
-        )
+        message = "Interrupted before any round finished; nothing half-written was left behind."
         return fail(console, command, wants_json, message, 130)
+    except OSError as error:  # a full or read-only disk; any other OSError is a bug and shows its traceback
+        disk = disk_error(error)
+        if disk is None:
+            raise
+        return fail(console, command, wants_json, str(disk), disk.exit_code)
+
+
+def parse_run_args(argv: list[str]) -> argparse.Namespace:
+    """The main job's arguments; `--resume RUN` alone (with --json at most) repeats the stored command."""
+    from edge_distill.rundir import stored_command
+
+    args = run_parser().parse_args(argv)
+    args.argv = argv
+    if isinstance(args.resume, str):
+        run = Path(args.resume)
+        bare = [a for a in argv if a not in ("--resume", args.resume, "--json")]
+        stored = stored_command(run)
+        if not bare and stored is not None:
+            args = run_parser().parse_args([*stored, *(["--json"] if args.json else [])])
+            args.argv = stored
+        args.out, args.resume = run, True
+    if args.profile is None:
+        raise ProfileError(
+            "The main job needs --profile NAME (see `edge-distill profiles`), or --resume RUN."
+        )
+    return args
 
 
 def fail(console: Console, command: str, wants_json: bool, message: str, code: int) -> int:
@@ -339,14 +395,21 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
         )
     profile, budget = resolve_device(
         args.profile,
-        budget={"latency_ms": args.latency_ms, "memory_mb": args.memory_mb, "size_mb": args.size_mb},
+        budget={
+            "latency_ms": args.latency_ms,
+            "memory_mb": args.memory_mb,
+            "size_mb": args.size_mb,
+            "min_retention": args.min_retention,
+            "accelerator_share": args.accelerator_share,
+        },
         config=config.get("budget", {}),
         config_source=f"config file {args.config}",
     )
     alias = f" (alias of {profile.name})" if args.profile in profile.aliases else ""
     quiet.print(
         f"Profile {args.profile}{alias}: budget p90 latency <= {budget.latency_ms:g} ms, "
-        f"memory <= {budget.memory_mb:g} MB, size <= {budget.size_mb:g} MB",
+        f"memory <= {budget.memory_mb:g} MB, size <= {budget.size_mb:g} MB, "
+        f"retention >= {budget.min_retention:.0%}",
         highlight=False,
         soft_wrap=True,
     )
@@ -370,8 +433,12 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
         losses=parse_losses(args.loss, config),
         scheme=args.scheme,
         top_k=args.top_k,
-        resume=args.resume,
+        resume=bool(args.resume),
         device=device,
+        targets=args.target,
+        precisions=args.precision,
+        quick=args.quick,
+        command=command_line(args.argv),
         reporter=reporter,
     )
     try:
@@ -393,6 +460,20 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
     console.print(fits_line(report), highlight=False, soft_wrap=True)
     console.print(f"Report: {job.out_dir / 'report.json'}", highlight=False, soft_wrap=True)
     return 0
+
+
+def command_line(argv: list[str]) -> list[str]:
+    """The job's own arguments as typed, less --resume, --json and --out (the run adds its folder): kept
+    in the run so that `--resume RUN` alone continues it."""
+    kept, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg == "--out" or (arg == "--resume" and i + 1 < len(argv) and not argv[i + 1].startswith("-")):
+            skip = True
+        elif arg not in ("--resume", "--json") and not arg.startswith(("--out=", "--resume=")):
+            kept.append(arg)
+    return kept
 
 
 def is_main_rank() -> bool:

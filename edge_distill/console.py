@@ -89,27 +89,41 @@ SHAPE = ("layers", "hidden", "heads", "intermediate", "vocab")
 
 def rounds_table(report: dict[str, Any]) -> Table:
     """The closing table: one row per round (narrow enough for an 80-column terminal)."""
-    sources = sorted({r["latency_source"] for r in report["rounds"]})
-    table = Table(title="Rounds", title_justify="left", caption=f"p90 latency: {', '.join(sources)}")
-    metric = (
-        METRIC_COLUMNS.get(report["rounds"][0]["metric"]["name"], "metric") if report["rounds"] else "acc"
-    )
-    for column in ("#", "student", "params", metric, "retain", "p90 ms", "mem MB", "size MB", "fits"):
-        table.add_column(column, justify="left" if column in ("student", "fits") else "right", no_wrap=True)
-    for r in report["rounds"]:
+    rounds = report["rounds"]
+    sources = sorted({r["latency_source"] for r in rounds if r.get("latency_source")})
+    table = Table(title="Rounds", title_justify="left", caption=f"p90 latency: {', '.join(sources) or '-'}")
+    metric = METRIC_COLUMNS.get(rounds[0]["metric"]["name"], "metric") if rounds else "acc"
+    columns = ("#", "student", "as", metric, "retain", "p90 ms", "mem MB", "size MB", "fits")
+    for column in columns:
+        table.add_column(
+            column, justify="left" if column in ("student", "as", "fits") else "right", no_wrap=True
+        )
+    for r in rounds:
         student = r["student"]
+        shape = StudentSpec(**{k: student[k] for k in SHAPE if k in student}).short
         table.add_row(
             str(r["round"]),
-            StudentSpec(**{k: student[k] for k in SHAPE if k in student}).short,
-            f"{student['params'] / 1e6:.1f}M",
+            f"{shape} {student['params'] / 1e6:.1f}M",
+            f"{TARGET_SHORT.get(r['target'], r['target'])} {r['precision']}",
             f"{r['metric']['value']:.3f}",
             f"{r['retention']:.1%}" if r["retention"] is not None else "-",
-            f"{r['latency_ms']['p90']:.1f}",
-            f"{r['peak_memory_mb']:.0f}" if r["peak_memory_mb"] is not None else "-",
-            f"{r['size_mb']:.1f}",
-            "yes" if r["fits"] else "no: " + ", ".join(BUDGET_NAMES[m["budget"]] for m in r["misses"]),
+            f"{r['latency_ms']['p90']:.1f}" if r.get("latency_ms") else "-",
+            f"{r['peak_memory_mb']:.0f}" if r.get("peak_memory_mb") is not None else "-",
+            f"{r['size_mb']:.1f}" if r.get("size_mb") is not None else "-",
+            fits_cell(r),
         )
     return table
+
+
+TARGET_SHORT = {"executorch": "et", "executorch-coreml": "et-coreml", "tflite": "tflite", "onnx": "onnx"}
+
+
+def fits_cell(r: dict[str, Any]) -> str:
+    if r["fits"]:
+        return "yes"
+    if r.get("error"):
+        return "not shipped"
+    return "no: " + ", ".join(BUDGET_NAMES[m["budget"]] for m in r["misses"])
 
 
 def exports_table(results: list[dict[str, Any]], out: Any) -> Table:

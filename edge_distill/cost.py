@@ -36,7 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from edge_distill.predictor import Features, Point, Prediction, Predictor
 
-BYTES_PER_PARAM = {"fp32": 4, "fp16": 2, "int8": 1}
+BYTES_PER_PARAM = {"fp32": 4, "fp16": 2, "int8": 1, "int8-dynamic": 1, "palettized": 0.75}
 REFERENCE_NAME = "MobileNet V1 1.0 224"
 # An ONNX Runtime session's own footprint before any weights: used until the first measurement.
 DEFAULT_MEMORY_RATIO = 2.0
@@ -196,6 +196,9 @@ class LatencyModel:
     host: Predictor | None = None
     device: Predictor | None = None
     measurements: list[Measurement] = field(default_factory=list)
+    # the reference workload's speed on this host at every timing of the run: shared by the models of
+    # one run's targets and precisions, so that one never timed yet still scales to the device
+    references: list[float] = field(default_factory=list)
 
     def observe(
         self, measurement: Measurement, features: Features | None = None, **point: Any
@@ -205,6 +208,8 @@ class LatencyModel:
         ``point`` holds the LatencyProfile fields the calibration file keeps (p50s, threads, version).
         """
         self.measurements.append(measurement)
+        if measurement.ref_gflops > 0:  # 0: a profile of this host, nothing carried to a device
+            self.references.append(measurement.ref_gflops)
         if features is not None and self.host is not None:
             self.host.observe(self._point(self.host, features, "measured-host", point["host"]))
         if features is not None and self.device is not None and point.get("device") is not None:
@@ -239,7 +244,7 @@ class LatencyModel:
         return m.device_memory_mb if m.device_memory_mb is not None else m.memory_mb
 
     def _reference_gflops(self) -> float | None:
-        refs = [m.ref_gflops for m in self.measurements]
+        refs = self.references or [m.ref_gflops for m in self.measurements if m.ref_gflops > 0]
         return statistics.median(refs) if refs else None
 
     def predict(self, features: Features) -> dict[str, Any]:

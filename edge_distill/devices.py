@@ -106,6 +106,9 @@ def open_device(
 ) -> Device:
     """The device a ``--device`` string names: ``local``, ``ssh://user@host[:port]`` or ``adb://SERIAL``.
 
+    An SSH or ADB device is reached once here, so that one that is off or unreachable fails in one sentence
+    before anything is loaded or trained (a device that fails later leaves its round not measured).
+
     Example:
         >>> open_device("local").name
         'host'
@@ -117,7 +120,9 @@ def open_device(
     if spec.startswith("ssh://"):
         from edge_distill.ssh import SshDevice
 
-        return SshDevice(spec, python=python or "python3", config_file=ssh_config)
+        device = SshDevice(spec, python=python or "python3", config_file=ssh_config)
+        device.reach()  # an unreachable device fails now, not after minutes of loading and training
+        return device
     if spec.startswith("adb://"):
         from edge_distill.adb import AdbDevice
 
@@ -126,7 +131,9 @@ def open_device(
                 f"Profiling on {spec} needs the runtime's benchmark binary; pass --runner-binary with "
                 "ExecuTorch's executor_runner (for .pte) or LiteRT's benchmark_model (for .tflite)."
             )
-        return AdbDevice(spec, runner_binary=runner_binary, adb=adb)
+        device = AdbDevice(spec, runner_binary=runner_binary, adb=adb)
+        device.reach()
+        return device
     raise DeviceError(f"Unknown device {spec!r}; use {DEVICE_FORMS}.")
 
 

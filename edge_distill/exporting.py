@@ -262,22 +262,32 @@ def check_targets(ctx: Context) -> list[str]:
 
 
 def ship_winner(ctx: Context, winner: dict[str, Any], targets: Sequence[str]) -> list[dict[str, Any]]:
-    """Bundle the winning student for each target (its default precision) into artifacts/<target>-<p>/.
+    """Bundle the winning student for each target into artifacts/<target>-<precision>/: the winning
+    round's own verified bundle for its target, and the same precision (or the target's default, when it
+    does not offer that one) for the others. With ``job.ship_all`` False only the winning target ships.
 
     A target that fails here (after passing the untrained check) is reported, not fatal: the others ship.
     """
-    job, student = ctx.job, winner["_student"]
-    labels = np.asarray(ctx.job.data.test.labels) if job.data.labeled else None
-    shipment = text_ship_data(
-        job.family, ctx.inputs, labels=labels, tokenizer=job.teacher.tokenizer, seq_len=job.sequence_length,
-        label_names=job.teacher.label_names, trimmed=winner["student"].get("vocab") is not None,
-    )  # fmt: skip
+    import shutil
+
+    from edge_distill.loop import shipment
+
+    job = ctx.job
+    student = ctx.student_of(winner["from_round"] or winner["round"])
     model = export_module(job.family, student)
+    data = shipment(ctx, winner["student"].get("vocab") is not None)
     shipped = []
-    for name in targets:
-        precision = get_target(name).precisions[0]
+    for name in targets if job.ship_all else [winner["target"]]:
+        offered = get_target(name).precisions
+        precision = winner["precision"] if winner["precision"] in offered else offered[0]
+        bundle = f"{name}-{precision}"
         try:
-            meta = ship(model, name, precision, ctx.work / "artifacts", shipment, profile=job.profile)
+            if name == winner["target"]:
+                own = ctx.work / Path(winner["artifact"]).parent
+                shutil.copytree(own, ctx.work / "artifacts" / bundle)
+                meta = json.loads((own / "metadata.json").read_text())
+            else:
+                meta = ship(model, name, precision, ctx.work / "artifacts", data, profile=job.profile)
         except EdgeDistillError as error:
             ctx.reporter.say(f"  {name} {precision}: not shipped: {error}")
             shipped.append({"target": name, "precision": precision, "error": str(error)})
@@ -287,12 +297,13 @@ def ship_winner(ctx: Context, winner: dict[str, Any], targets: Sequence[str]) ->
             {
                 "target": name,
                 "precision": precision,
-                "path": f"artifacts/{name}-{precision}/{meta['file']}",
+                "path": f"artifacts/{bundle}/{meta['file']}",
                 "size_mb": meta["size_mb"],
                 "verification": verification["status"],
                 "max_abs_diff": verification["max_abs_diff"],
             }
         )
-        status = verification["status"]
-        ctx.reporter.say(f"  shipped {shipped[-1]['path']} ({meta['size_mb']:.1f} MB, {status})")
+        ctx.reporter.say(
+            f"  shipped {shipped[-1]['path']} ({meta['size_mb']:.1f} MB, {verification['status']})"
+        )
     return shipped

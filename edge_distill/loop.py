@@ -1,4 +1,9 @@
-"""The budget loop: plan, distill, export, verify, profile, decide.
+"""The budget loop: plan, distill, export, verify, profile, decide; resumable after an interruption.
+
+The run is built in ``runs/.<name>.partial/`` and renamed to ``runs/<name>/`` when it ends, so a failed
+run leaves nothing half-written. An interrupted one (Ctrl-C, a crash after a round finished) keeps that
+folder: ``--resume runs/<name>`` continues after the last finished round, reusing the teacher cache, the
+rounds' students and their bundles.
 
 Example:
     >>> job = Job(profile=profile, budget=budget, teacher=teacher, data=data, out_dir=out)  # doctest: +SKIP
@@ -16,43 +21,24 @@ from typing import Any
 
 import torch
 
-from edge_distill.atomic import atomic_dir
 from edge_distill.cache import TeacherCache, cache_key, cache_root
 from edge_distill.cost import LatencyModel
-from edge_distill.cut import Cutter, export_module
+from edge_distill.cut import Cutter
 from edge_distill.data import TextDataset
 from edge_distill.devices import Device
 from edge_distill.distributed import Coordinator
 from edge_distill.errors import EdgeDistillError, NothingFitsError
-from edge_distill.exporting import check_targets
 from edge_distill.families import Family, Fit, get_family
-from edge_distill.planner import Candidate, closest_miss, cost_candidates, misses, model_cost, pick, predict
+from edge_distill.planner import Candidate, Option, cost_candidates, model_cost
 from edge_distill.profiles import Budget, DeviceProfile
 from edge_distill.profiling import known
-from edge_distill.report import build_report, write_report
-from edge_distill.targets.base import check_parity, get_target
+from edge_distill.rundir import RunFolder
+from edge_distill.search import Accuracy, Search
+from edge_distill.shipping import ShipData
 from edge_distill.teachers import Teacher
-from edge_distill.timing import (
-    Timed,
-    batch_one,
-    latency_fields,
-    latency_model,
-    model_inputs,
-    rounded,
-    time_on_host,
-    time_unsaved,
-)
+from edge_distill.timing import latency_fields, latency_models, time_unsaved
 from edge_distill.trainer import TrainSettings
-from edge_distill.training import (
-    PROMPT_WORDS,
-    candidate_message,
-    checkpoint_dir,
-    data_labels,
-    make_cutter,
-    serve,
-    tokenized,
-    train_candidate,
-)
+from edge_distill.training import PROMPT_WORDS, data_labels, make_cutter, serve, tokenized
 
 StepCallback = Callable[[int, int, dict[str, float]], None]
 
@@ -82,8 +68,10 @@ class Job:
     data: TextDataset
     out_dir: Path
     train: TrainSettings = field(default_factory=TrainSettings)
-    target: str = "onnx"
-    max_rounds: int = 4
+    target: str = "onnx"  # replaced by the first of ``targets`` that exports the student
+    targets: tuple[str, ...] | None = None  # None: the profile's targets
+    precisions: tuple[str, ...] | None = None  # None: every precision each target offers
+    max_rounds: int = 6
     seq_len: int | None = None
     profile_runs: int = 100
     parity_examples: int = 64
@@ -93,12 +81,14 @@ class Job:
     )
     scheme: str = "offline"
     top_k: int = 64
-    resume: bool = False  # continue interrupted training from its last epoch checkpoint
+    resume: bool = False  # continue an interrupted run after its last finished round and epoch
     width: str = "prune"  # narrower students keep the most important units ("slice": the first ones)
     trim_vocab: bool = True  # the space also holds students trimmed to the training data's tokens
     teacher_text: int = 0  # causal LMs: texts the teacher writes for sequence-level KD
     data_record: dict[str, Any] = field(default_factory=dict)  # how to load the data again (export)
     device: Device | None = None  # every artifact is also timed here; the loop decides on that
+    command: list[str] | None = None  # the command line, kept so that `--resume RUN` alone continues it
+    ship_all: bool = True  # the winner ships to every target (False: only the winning target, faster)
 
     @property
     def sequence_length(self) -> int:
@@ -128,25 +118,38 @@ class Context:
     probes: list[dict[str, Any]] = field(default_factory=list)
     checkpoints: list[Path] = field(default_factory=list)
     targets: list[str] = field(default_factory=list)  # the profile's targets that export the student
+    latencies: dict[Option, LatencyModel] = field(default_factory=dict)
+    search: Search | None = None
+    students: dict[int, torch.nn.Module] = field(default_factory=dict)  # round -> its trained student
+    folder: RunFolder | None = None
+    last_reference: Any = None  # the reference workload's latest timing on this host (cost.HostReference)
+
+    def student_of(self, index: int) -> torch.nn.Module:
+        """The student round ``index`` distilled: in memory, or loaded from its folder after a resume."""
+        if index not in self.students:
+            from edge_distill.teachers import load_teacher
+
+            self.students[index] = load_teacher(self.work / "rounds" / f"round-{index}" / "student").model
+        return self.students[index]
 
 
 def run_job(job: Job, reporter: Reporter | None = None) -> dict[str, Any] | None:
     """Run the whole job; return the report. Raises NothingFitsError (exit 3) when no student fits.
 
     Under ``accelerate launch`` the main rank returns the report and the other ranks None.
-
-    Everything is written into a temporary folder renamed to ``job.out_dir`` at the end, so a failed run
-    leaves nothing half-written; a run where nothing fits still leaves its report.
     """
+    from edge_distill.report import build_report, write_report
+
     reporter = reporter or Reporter()
     coordinator = Coordinator()
     if not coordinator.is_main:  # under `accelerate launch`: join the main rank's distillations
         serve(job, coordinator)
         return None
-    check_out_dir(job.out_dir)
+    folder = RunFolder(job.out_dir, resume=job.resume)
     try:
-        with atomic_dir(job.out_dir) as work:
+        with folder.building(job.command) as work:
             ctx = prepare(job, work, reporter, coordinator)
+            ctx.folder = folder
             rounds, winner = run_rounds(ctx)
             report = build_report(ctx, rounds, winner)
             write_report(work, report)
@@ -159,10 +162,22 @@ def run_job(job: Job, reporter: Reporter | None = None) -> dict[str, Any] | None
     return report
 
 
-def check_out_dir(out_dir: Path) -> None:
-    """Refuse to write over a run folder that already holds something."""
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise EdgeDistillError(f"Run folder {out_dir} already exists; pass another --out or remove it.")
+def check_out_dir(out_dir: Path, resume: bool = False) -> None:
+    """Refuse to write over a run folder that already holds something, or to resume one that is not there."""
+    RunFolder(out_dir, resume=resume).check()
+
+
+def options_for(job: Job) -> list[Option]:
+    """Every (target, precision) the loop may ship: the profile's targets (or ``job.targets``), each at
+    the precisions it offers (or those of ``job.precisions`` it offers)."""
+    from edge_distill.targets.base import get_target
+
+    options = []
+    for name in job.targets or job.profile.targets:
+        offered = get_target(name).precisions
+        wanted = [p for p in offered if job.precisions is None or p in job.precisions]
+        options += [Option(name, p) for p in sorted(wanted, key=lambda p: p != "fp32")]
+    return options
 
 
 def prepare(job: Job, work: Path, reporter: Reporter, coordinator: Coordinator | None = None) -> Context:
@@ -170,15 +185,19 @@ def prepare(job: Job, work: Path, reporter: Reporter, coordinator: Coordinator |
 
     A budget that no candidate can meet is found before the teacher runs over the data.
     """
-    seq_len = job.sequence_length
+    options = options_for(job)
+    job.target = options[0].target
     inputs = tokenized(job, reporter.say)
-    latency = latency_model(job)
-    ctx = Context(job, work, inputs, {}, {}, latency, reporter, {}, coordinator or Coordinator())
+    latencies = latency_models(job, options)
+    first = latencies[options[0]]
+    ctx = Context(job, work, inputs, {}, {}, first, reporter, {}, coordinator or Coordinator())
+    ctx.latencies = latencies
     ctx.teacher_info = measure_teacher(ctx)
     ctx.cutter = make_cutter(job, inputs)
-    ctx.candidates = cost_candidates(ctx.cutter, seq_len=seq_len)
-    if pick(ctx.candidates, job.budget, latency, ceilings={}) is None:
-        nothing_fits_before_training(ctx, ctx.candidates)
+    ctx.candidates = cost_candidates(ctx.cutter, seq_len=job.sequence_length)
+    ctx.search = Search(ctx.candidates, options, latencies, Accuracy(ctx.teacher_info["params"]), job.budget)
+    if ctx.search.next_action() is None:
+        nothing_fits_before_training(ctx)
     ctx.teacher_logits, ctx.cache_info = teacher_outputs(job, inputs, reporter)
     teacher = ctx.teacher_logits
     labels = data_labels(job, "test")
@@ -191,6 +210,20 @@ def prepare(job: Job, work: Path, reporter: Reporter, coordinator: Coordinator |
         ctx.teacher_info["generation"] = speed
     reporter.say(teacher_line(ctx))
     return ctx
+
+
+def shipment(ctx: Context, trimmed: bool) -> ShipData:
+    """What a round's bundle is calibrated (val) and verified (test) on."""
+    import numpy as np
+
+    from edge_distill.exporting import text_ship_data
+
+    job = ctx.job
+    labels = np.asarray(job.data.test.labels) if job.data.labeled else None
+    return text_ship_data(
+        job.family, ctx.inputs, labels=labels, tokenizer=job.teacher.tokenizer, seq_len=job.sequence_length,
+        label_names=job.teacher.label_names, trimmed=trimmed,
+    )  # fmt: skip
 
 
 def prompt(job: Job) -> str:
@@ -262,47 +295,102 @@ def measure_teacher(ctx: Context) -> dict[str, Any]:
 
 
 def run_rounds(ctx: Context) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Train and measure candidates, largest predicted to fit first, until one fits or none is left."""
-    job, candidates = ctx.job, ctx.candidates
-    rounds: list[dict[str, Any]] = []
-    ceilings: dict[str, float] = {}
+    """Rounds until one fits every budget and the floor, nothing untried is predicted to, or
+    ``max_rounds``; returns the rounds and the winner (else the best student that fits the resource
+    budgets under the floor, shipped but not a win, or None)."""
+    from edge_distill.exporting import check_targets
+    from edge_distill.rounds import run_round, save_round
+
+    job, search = ctx.job, ctx.search
     ctx.targets = check_targets(ctx)
-    while len(rounds) < job.max_rounds:
-        candidate = choose(ctx, candidates, ceilings)
-        if candidate is None:
+    search.options = [o for o in search.options if o.target in ctx.targets]
+    rounds = resume_rounds(ctx)
+    winner = next((r for r in rounds if r["fits"]), None)
+    while winner is None and len(rounds) < job.max_rounds:
+        action = choose(ctx)
+        if action is None:
             break
-        record = run_round(ctx, candidate, index=len(rounds) + 1)
+        record = run_round(ctx, action, index=len(rounds) + 1)
+        save_round(ctx, record)
+        remember(ctx, action.candidate, record)
         rounds.append(record)
-        if record["fits"]:
-            return rounds, record
-        lower_ceilings(ceilings, candidate, record)
+        winner = record if record["fits"] else None
     if not rounds:
-        nothing_fits_before_training(ctx, candidates)
-    return rounds, None
+        nothing_fits_before_training(ctx)
+    return rounds, winner
 
 
-def choose(ctx: Context, candidates: list[Candidate], ceilings: dict[str, float]) -> Candidate | None:
-    """The largest candidate predicted to fit, confirmed by timing an untrained copy before training.
+def remember(ctx: Context, candidate: Candidate, record: dict[str, Any]) -> None:
+    """What a finished round teaches the search: its measured cost, accuracy and misses."""
+    from edge_distill.planner import Option
 
-    Latency, memory and size do not depend on the weights, so an untrained export measured on this host
-    tells what the trained student will cost; a candidate that then misses is skipped without training.
-    """
+    option = Option(record["target"], record["precision"])
+    ctx.search.tried.add(candidate.spec, option, record, candidate)
+    if record.get("metric") and record.get("error") is None:
+        ctx.search.accuracy.observe(candidate, option.precision, record["retention"])
+
+
+def resume_rounds(ctx: Context) -> list[dict[str, Any]]:
+    """The finished rounds of the interrupted run this one resumes (none for a fresh run), replayed into
+    the search and the latency models."""
+    from edge_distill.planner import Option
+    from edge_distill.rounds import load_rounds, measurement_of
+    from edge_distill.students import StudentSpec
+
+    rounds = load_rounds(ctx.work)
+    by_spec = {c.spec: c for c in ctx.candidates}
+    for record in rounds:
+        spec = StudentSpec(
+            **{k: record["student"].get(k) for k in ("layers", "hidden", "heads", "intermediate", "vocab")}
+        )
+        candidate = by_spec.get(spec)
+        if candidate is None:
+            raise EdgeDistillError(
+                f"Run {ctx.job.out_dir} was started with other settings (its round {record['round']} student "
+                f"{spec.label} is not a candidate now); resume it with the same command, or start a new run."
+            )
+        measurement = measurement_of(record)
+        if measurement is not None:
+            ctx.latencies[Option(record["target"], record["precision"])].observe(measurement)
+        remember(ctx, candidate, record)
+        ctx.reporter.say(f"Round {record['round']} was finished before the interruption: kept")
+    return rounds
+
+
+def choose(ctx: Context) -> Any:
+    """The next action, a new student confirmed first by timing an untrained copy at its target and
+    precision: cost does not depend on the weights, so a candidate that then misses costs no training."""
     while True:
-        candidate = pick(candidates, ctx.job.budget, ctx.latency, ceilings=ceilings)
-        if candidate is None or not ctx.job.probe or ctx.latency.exact(candidate.flops, candidate.params):
-            return candidate
-        probe(ctx, candidate)
+        action = ctx.search.next_action()
+        if action is None or action.kind == "lower-precision" or not ctx.job.probe:
+            return action
+        candidate, option = action.candidate, action.option
+        if ctx.latencies[option].exact(candidate.flops, candidate.params) is not None:
+            return action
+        probe(ctx, candidate, option)
 
 
-def probe(ctx: Context, candidate: Candidate) -> None:
-    """Export an untrained copy of ``candidate`` and time it on this host (also proves it exports)."""
-    job = ctx.job
-    timed = time_unsaved(ctx, ctx.cutter.untrained(candidate.spec), candidate.cost)
-    timing, fields = timed.device or timed.profile, latency_fields(ctx, timed)
-    fits = not misses(predict(candidate, ctx.latency), job.budget)
+def probe(ctx: Context, candidate: Candidate, option: Option) -> None:
+    """Export an untrained copy of ``candidate`` at ``option`` and time it (also proves it exports)."""
+    from edge_distill.errors import ExportError
+
+    latency = ctx.latencies[option]
+    try:
+        timed = time_unsaved(
+            ctx, ctx.cutter.untrained(candidate.spec), candidate.cost_at(option.precision), option
+        )
+    except ExportError as error:  # this option cannot take the shape: not tried again
+        ctx.reporter.say(f"Probe {candidate.spec.label} as {option.label}: {error}")
+        ctx.search.tried.ceilings.setdefault(option, {})["params"] = 0
+        return
+    timing, fields = timed.device or timed.profile, latency_fields(ctx, timed, latency)
+    forecast = ctx.search.forecast(candidate, option)
+    fits = ctx.search.fits(forecast)
     ctx.probes.append(
         {
             "student": {**candidate.spec.as_dict(), "params": candidate.params, "flops": candidate.flops},
+            "target": option.target,
+            "precision": option.precision,
             "latency_ms": fields["latency_ms"],
             "latency_source": fields["latency_source"],
             "peak_memory_mb": known(timing.peak_memory_mb, 1),
@@ -312,126 +400,19 @@ def probe(ctx: Context, candidate: Candidate) -> None:
     )
     verdict = "fits" if fits else "misses, skipped without training"
     ctx.reporter.say(
-        f"Probe {candidate.spec.label} (untrained): p90 {fields['latency_ms']['p90']:.1f} ms "
+        f"Probe {candidate.spec.label} as {option.label} (untrained): "
+        f"p90 {fields['latency_ms']['p90']:.1f} ms "
         f"{fields['latency_source']}, {timing.size_mb:.1f} MB -> {verdict}"
     )
 
 
-def lower_ceilings(ceilings: dict[str, float], candidate: Candidate, record: dict[str, Any]) -> None:
-    """After a miss, only strictly cheaper students on the missed axis remain worth trying."""
-    missed = {m["budget"] for m in record["misses"]}
-    if "latency_ms" in missed:
-        ceilings["flops"] = min(ceilings.get("flops", float("inf")), candidate.flops)
-    if missed & {"size_mb", "memory_mb"}:
-        ceilings["params"] = min(ceilings.get("params", float("inf")), candidate.params)
-
-
-def nothing_fits_before_training(ctx: Context, candidates: list[Candidate]) -> None:
+def nothing_fits_before_training(ctx: Context) -> None:
     """No candidate is predicted to fit: say which budget the closest one misses, and by how much."""
-    best, missed = closest_miss(candidates, ctx.job.budget, ctx.latency)
+    best, option, missed = ctx.search.closest_miss()
     reason = "; ".join(m.sentence for m in missed)
     raise NothingFitsError(
         f"No student of this teacher can fit {ctx.job.profile.name}: even the closest, "
-        f"{best.spec.label} ({best.params / 1e6:.1f}M params), is predicted to miss ({reason}); "
-        "raise the budget (--latency-ms, --memory-mb, --size-mb) or pick a larger device profile."
+        f"{best.spec.label} ({best.params / 1e6:.2f}M params) as {option.label}, is predicted to miss "
+        f"({reason}); raise the budget (--latency-ms, --memory-mb, --size-mb) or pick a larger device "
+        "profile."
     )
-
-
-def run_round(ctx: Context, candidate: Candidate, *, index: int) -> dict[str, Any]:
-    """Distill one candidate, export it, verify parity, profile it, and judge it against the budget."""
-    job, reporter, spec = ctx.job, ctx.reporter, candidate.spec
-    predicted = predict(candidate, ctx.latency)
-    reporter.say(
-        f"Round {index}: student {spec.label} ({candidate.params / 1e6:.1f}M params), "
-        f"predicted p90 {predicted['latency_ms']:.1f} ms"
-    )
-    rows = len(ctx.inputs["train"]["input_ids"])
-    total = job.train.epochs * -(-rows // (job.train.batch_size * job.train.grad_accum))
-    checkpoint = checkpoint_dir(job, spec)
-    ctx.checkpoints.append(checkpoint)
-    ctx.coordinator.send(candidate_message(spec, ctx.teacher_logits["val"], checkpoint))
-    with reporter.steps(f"distilling {spec.label}", total) as on_step:
-        student, result = train_candidate(
-            job, ctx.inputs, spec, ctx.teacher_logits["val"], checkpoint,
-            cutter=ctx.cutter, on_step=on_step, say=reporter.say,
-        )  # fmt: skip
-    ctx.cache_info["train"] = {"scheme": result.scheme, **result.cache}
-    if result.train.resumed_from_epoch is not None:
-        reporter.say(f"  resumed training from epoch {result.train.resumed_from_epoch} of {job.train.epochs}")
-    measured = measure_student(ctx, student)
-    student = ctx.cutter.finish(student, spec)  # vocabulary trimmed after training, when spec says so
-    out = ctx.work / "artifacts" / f"round-{index}-{job.target}"
-    wrapped = export_module(job.family, student)
-    artifact = get_target(job.target).export(wrapped, batch_one(ctx), out)
-    held_out = {k: v[: job.parity_examples] for k, v in model_inputs(ctx.inputs["test"]).items()}
-    parity = check_parity(get_target(job.target), artifact, wrapped, held_out)
-    reporter.say(f"  exported {job.target}, parity ok (max abs diff {parity.max_abs_diff:.2e})")
-    timed = time_on_host(ctx, artifact, candidate.cost)
-    record = round_record(ctx, candidate, index, predicted, result.train, measured, timed)
-    record["val"] = {k: v for k, v in result.metrics.items()}
-    record.update(parity=parity.as_dict(), artifact=str(artifact.relative_to(ctx.work)))
-    record["_student"] = student  # kept in memory only, for saving the winner
-    verdict = "fits" if record["fits"] else "misses: " + "; ".join(record["miss_sentences"])
-    retention = f" (retention {record['retention']:.1%})" if record["retention"] is not None else ""
-    reporter.say(
-        f"  {record['metric']['name']} {record['metric']['value']:.3f}{retention}, "
-        f"p90 {record['latency_ms']['p90']:.1f} ms {record['latency_source']}, "
-        f"{memory_text(record['peak_memory_mb'])}, {record['size_mb']:.1f} MB -> {verdict}"
-    )
-    return record
-
-
-def memory_text(peak_mb: float | None) -> str:
-    return f"{peak_mb:.0f} MB peak" if peak_mb is not None else "peak memory not reported"
-
-
-def measure_student(ctx: Context, student: torch.nn.Module) -> dict[str, Any]:
-    """The trained student's metric on the test split (and its agreement with the teacher's outputs)."""
-    family, teacher = ctx.job.family, ctx.teacher_logits
-    outputs = {"test": family.reference(student, ctx.inputs["test"])}
-    if "train" in teacher:  # a probe or fitted map learns from the student's own train outputs
-        outputs["train"] = family.reference(student, ctx.inputs["train"])
-    labels = data_labels(ctx.job, "test")
-    measured = family.measure(outputs["test"], teacher["test"], labels, fit(ctx, outputs))
-    speed = family.speed(student, ctx.job.teacher.tokenizer, prompt(ctx.job))
-    return {"split": "test", **measured, **({"generation": speed} if speed else {})}
-
-
-def round_record(
-    ctx: Context,
-    candidate: Candidate,
-    index: int,
-    predicted: dict[str, float],
-    trained: Any,
-    measured: dict[str, Any],
-    timed: Timed,
-) -> dict[str, Any]:
-    """The round as report.json states it."""
-    timing, fields = timed.device or timed.profile, latency_fields(ctx, timed)
-    costs = {
-        "latency_ms": fields["latency_ms"]["p90"],
-        "memory_mb": timing.peak_memory_mb,
-        "size_mb": timing.size_mb,
-    }
-    missed = misses(costs, ctx.job.budget)
-    metric = {k: v for k, v in measured.items() if k not in ("agreement", "generation")}
-    return {
-        "round": index,
-        "student": {**candidate.spec.as_dict(), "params": candidate.params, "flops": candidate.flops},
-        "predicted": rounded(predicted),
-        "target": ctx.job.target,
-        "precision": "fp32",
-        "size_mb": round(timing.size_mb, 2),
-        **fields,
-        "peak_memory_mb": known(timing.peak_memory_mb, 1),
-        "memory_source": "measured-device" if timed.device else "measured-host",
-        "load_ms": known(timing.load_ms, 1),
-        "metric": metric,
-        "retention": ctx.job.family.retention(metric["value"], ctx.teacher_info["metric"]["value"]),
-        "agreement": measured["agreement"],
-        **({"generation": measured["generation"]} if "generation" in measured else {}),
-        "train": trained.as_dict(),
-        "fits": not missed,
-        "misses": [m.as_dict() for m in missed],
-        "miss_sentences": [m.sentence for m in missed],
-    }

@@ -8,21 +8,41 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from edge_distill.cost import LatencyModel, artifact_mb
-from edge_distill.predictor import Features, model_features
+from edge_distill.predictor import BYTES_PER_WEIGHT, Features, model_features
 from edge_distill.students import StudentSpec
 
 if TYPE_CHECKING:
     from edge_distill.cut import Cutter
     from edge_distill.profiles import Budget
 
-BUDGET_UNITS = {"latency_ms": "ms", "memory_mb": "MB", "size_mb": "MB"}
+BUDGET_UNITS = {
+    "latency_ms": "ms",
+    "memory_mb": "MB",
+    "size_mb": "MB",
+    "retention": "",
+    "accelerator_share": "",
+}
 BUDGET_NAMES = {"latency_ms": "p90 latency", "memory_mb": "memory", "size_mb": "size"}
+BUDGET_NAMES |= {"retention": "retention", "accelerator_share": "share of ops on the accelerator"}
+FLOORS = {"retention": "min_retention", "accelerator_share": "accelerator_share"}  # value -> budget key
+
+
+@dataclass(frozen=True, order=True)
+class Option:
+    """A way to ship a student: a target at a precision."""
+
+    target: str
+    precision: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.target} {self.precision}"
 
 
 @dataclass(frozen=True)
@@ -38,6 +58,19 @@ class Candidate:
     def size_mb(self) -> float:
         return artifact_mb(self.params)
 
+    def size_at(self, precision: str) -> float:
+        return artifact_mb(self.params, precision)
+
+    def cost_at(self, precision: str) -> Features:
+        """Its cost with the weights stored (and read) at ``precision``."""
+        cost, scale = self.cost, BYTES_PER_WEIGHT[precision] / 4.0
+        weights_read = cost.moved_bytes - cost.activation_bytes
+        return replace(
+            cost,
+            weight_bytes=int(cost.weight_bytes * scale),
+            moved_bytes=int(cost.activation_bytes + weights_read * scale),
+        )
+
     @property
     def cost(self) -> Features:
         """Its counted cost; a candidate built without counts has its FLOPs and fp32 weights only."""
@@ -48,27 +81,36 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Miss:
-    """A budget a student (measured or predicted) goes over."""
+    """A budget a student (measured or predicted) goes over, or a floor it stays under."""
 
     budget: str
     value: float
     limit: float
 
     @property
+    def floor(self) -> bool:
+        return self.budget in FLOORS
+
+    @property
     def sentence(self) -> str:
+        name = BUDGET_NAMES[self.budget]
+        if self.floor:
+            gap = self.limit - self.value
+            return f"{name} {self.value:.1%} is under the {self.limit:.0%} floor by {gap:.1%}"
         unit = BUDGET_UNITS[self.budget]
         over = self.value - self.limit
         return (
-            f"{BUDGET_NAMES[self.budget]} {self.value:.1f} {unit} is over the {self.limit:g} {unit} budget "
+            f"{name} {self.value:.1f} {unit} is over the {self.limit:g} {unit} budget "
             f"by {over:.1f} {unit} ({over / self.limit:.0%})"
         )
 
     def as_dict(self) -> dict[str, object]:
+        gap = self.limit - self.value if self.floor else self.value - self.limit
         return {
             "budget": self.budget,
-            "value": round(self.value, 3),
+            "value": round(self.value, 4 if self.floor else 3),
             "limit": self.limit,
-            "over_by": round(self.value - self.limit, 3),
+            "under_by" if self.floor else "over_by": round(gap, 4 if self.floor else 3),
         }
 
 
@@ -99,9 +141,10 @@ def predicted_misses(candidate: Candidate, budget: Budget, latency: LatencyModel
     return misses(predicted, budget)
 
 
-def predict(candidate: Candidate, latency: LatencyModel) -> dict[str, Any]:
-    """Device p90 latency, runtime memory and artifact size: measured figures where this shape was
-    probed, else the calibrated prediction with its source and error interval."""
+def predict(candidate: Candidate, latency: LatencyModel, precision: str = "fp32") -> dict[str, Any]:
+    """Device p90 latency, runtime memory and artifact size at ``precision`` (``latency`` is the model of
+    the target at that precision): measured figures where this shape was timed there, else the calibrated
+    prediction with its source and error interval."""
     probed = latency.exact(candidate.flops, candidate.params)
     if probed is not None:
         return {
@@ -110,13 +153,18 @@ def predict(candidate: Candidate, latency: LatencyModel) -> dict[str, Any]:
             "size_mb": probed.size_mb,
             "source": "measured" if probed.device_p90_ms is not None else "measured on this host",
         }
-    features = candidate.cost
-    return {**latency.predict(features), "size_mb": candidate.size_mb}
+    return {**latency.predict(candidate.cost_at(precision)), "size_mb": candidate.size_at(precision)}
 
 
 def misses(values: dict[str, Any], budget: Budget) -> list[Miss]:
+    """The budgets ``values`` goes over, then the floors it stays under (a floor not measured: no miss)."""
     limits = {"latency_ms": budget.latency_ms, "memory_mb": budget.memory_mb, "size_mb": budget.size_mb}
-    return [Miss(name, values[name], limit) for name, limit in limits.items() if values[name] > limit]
+    missed = [Miss(name, values[name], limit) for name, limit in limits.items() if values[name] > limit]
+    for name, key in FLOORS.items():
+        value, limit = values.get(name), getattr(budget, key)
+        if value is not None and limit is not None and value < limit:
+            missed.append(Miss(name, value, limit))
+    return missed
 
 
 def pick(

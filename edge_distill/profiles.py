@@ -39,6 +39,10 @@ PRECISIONS = ("fp32", "fp16", "int8")
 ARCHES = ("arm64", "armv7", "armv7e-m", "armv8-m", "riscv32", "riscv64", "x86_64", "xtensa")
 MEASURED_SOURCE = "measured on this host"
 BUDGET_FIELDS = ("latency_ms", "memory_mb", "size_mb")
+# Floors a student must stay above: accuracy retained from the teacher, and (phones) the share of the
+# graph's ops a target runs on the accelerator, where the target reports it. Both are fractions in (0, 1].
+FLOOR_FIELDS = ("min_retention", "accelerator_share")
+DEFAULT_MIN_RETENTION = 0.95
 FIGURES = ("arch", "cores", "clock_ghz", "ram_mb", "storage_gb", "memory_bandwidth_gbs")  # hardware fields
 # coremltools' ``ct.target`` names that yield an ML Program (iOS15/macOS12 and later), kept here so that
 # loading a profile never imports coremltools; tests check each one against ``ct.target``.
@@ -53,7 +57,9 @@ _SPEC: dict[str, dict[str, tuple[str, bool]]] = {
     "cpu": {"arch": ("str", True), "cores": ("int", True), "clock_ghz": ("float", False)},
     "memory": {"ram_mb": ("int", True), "bandwidth_gbs": ("float", False)},
     "storage": {"storage_gb": ("float", True)},
-    "budget": {k: ("float", True) for k in BUDGET_FIELDS} | {"reason": ("str", False)},
+    "budget": {k: ("float", True) for k in BUDGET_FIELDS}
+    | {"reason": ("str", False)}
+    | {k: ("float", False) for k in FLOOR_FIELDS},
     "inputs": {"sequence_length": ("int", False), "image_size": ("int", False)},
     "throughput": {"runtime": ("str", True), "precision": ("str", True), "threads": ("int", False)}
     | {"gflops": ("float", True), "reference": ("str", True), "source": ("str", True)},
@@ -93,10 +99,16 @@ class Budget:
     memory_mb: float  # runtime peak memory
     size_mb: float  # artifact size on disk
     sources: Mapping[str, str] = field(hash=False)
+    min_retention: float = DEFAULT_MIN_RETENTION  # student metric / teacher metric must reach this
+    accelerator_share: float | None = None  # share of ops on the accelerator, where a target reports it
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
         """JSON-ready ``{field: {"value": ..., "source": ...}}``."""
-        return {k: {"value": getattr(self, k), "source": self.sources[k]} for k in BUDGET_FIELDS}
+        default = {"min_retention": f"default ({DEFAULT_MIN_RETENTION:g})", "accelerator_share": "not set"}
+        return {
+            k: {"value": getattr(self, k), "source": self.sources.get(k, default.get(k))}
+            for k in (*BUDGET_FIELDS, *FLOOR_FIELDS)
+        }
 
 
 @dataclass(frozen=True)
@@ -268,6 +280,9 @@ def _from_data(path: Path, data: Mapping[str, Any]) -> DeviceProfile:
     values, sources = (_measured_figures if top["measured"] else _hardware)(check, data)
     budget = check.section(data.get("budget"), "budget")
     reason = budget.pop("reason", "")
+    for key in FLOOR_FIELDS:
+        if key in budget and budget[key] > 1:
+            raise check.fail(f"budget.{key}", f"is {budget[key]!r}", "give a fraction between 0 and 1")
     inputs = {"sequence_length": 128, "image_size": 224} | check.section(data.get("inputs", {}), "inputs")
     return DeviceProfile(
         **dict.fromkeys(FIGURES) | values,
@@ -278,9 +293,7 @@ def _from_data(path: Path, data: Mapping[str, Any]) -> DeviceProfile:
         path=path,
         throughput=_throughput(check, data, top["measured"]),
         targets=tuple(top["targets"]),
-        budget=Budget(
-            **budget, sources=dict.fromkeys(BUDGET_FIELDS, f"profile {top['name']} (default budget)")
-        ),
+        budget=Budget(**budget, sources=dict.fromkeys(budget, f"profile {top['name']} (default budget)")),
         measured=top["measured"],
         sources=sources,
         budget_reason=reason,
@@ -376,6 +389,10 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
 
 def _positive(value: Any, source: str, key: str) -> float:
     number = isinstance(value, int | float) and not isinstance(value, bool)
+    if key in FLOOR_FIELDS:
+        if not (number and math.isfinite(value) and 0 < value <= 1):
+            raise ProfileError(f"Budget {key} from {source} is {value!r}; give a fraction between 0 and 1.")
+        return float(value)
     if not (number and math.isfinite(value) and value > 0):
         unit = "milliseconds" if key == "latency_ms" else "megabytes"
         raise ProfileError(f"Budget {key} from {source} is {value!r}; give a positive number of {unit}.")
@@ -388,6 +405,8 @@ def resolve_budget(
     latency_ms: float | None = None,
     memory_mb: float | None = None,
     size_mb: float | None = None,
+    min_retention: float | None = None,
+    accelerator_share: float | None = None,
     config: Mapping[str, float] | None = None,
     config_source: str = "config file",
 ) -> Budget:
@@ -399,18 +418,21 @@ def resolve_budget(
         (40.0, 'config file (latency_ms)', 'profile raspberry-pi-4 (default budget)')
     """
     config = dict(config or {})
-    unknown = sorted(set(config) - set(BUDGET_FIELDS))
+    keys = (*BUDGET_FIELDS, *FLOOR_FIELDS)
+    unknown = sorted(set(config) - set(keys))
     if unknown:
-        fix = f"use {', '.join(BUDGET_FIELDS)}"
-        raise ProfileError(f"{config_source}: unknown budget key {unknown[0]!r}; {fix}.")
+        raise ProfileError(f"{config_source}: unknown budget key {unknown[0]!r}; use {', '.join(keys)}.")
     cli = {"latency_ms": latency_ms, "memory_mb": memory_mb, "size_mb": size_mb}
+    cli |= {"min_retention": min_retention, "accelerator_share": accelerator_share}
     values, sources = {}, {}
-    for key in BUDGET_FIELDS:
+    for key in keys:
         if cli[key] is not None:
             value, source = cli[key], f"command line (--{key.replace('_', '-')})"
         elif config.get(key) is not None:
             value, source = config[key], f"{config_source} ({key})"
-        else:
+        elif key in profile.budget.sources:
             value, source = getattr(profile.budget, key), profile.budget.sources[key]
+        else:  # a floor the profile leaves to its default
+            continue
         values[key], sources[key] = _positive(value, source, key), source
     return Budget(**values, sources=sources)

@@ -66,8 +66,8 @@ class Registry(Generic[T]):
 
     def unknown_message(self, name: str) -> str:
         close = difflib.get_close_matches(name, self.names(), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        return f"Unknown {self.kind} {name!r}.{hint} Valid names: {', '.join(self.names())}."
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"Unknown {self.kind} {name!r}{hint}; use one of {', '.join(self.names())}."  # one sentence
 
     def names(self) -> list[str]:
         return sorted(self._entries)

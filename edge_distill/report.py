@@ -20,19 +20,20 @@ from edge_distill.teachers import quiet_transformers
 if TYPE_CHECKING:
     from edge_distill.loop import Context
 
-SCHEMA = 1
+SCHEMA = 2
 
 
 def build_report(ctx: Context, rounds: list[dict[str, Any]], winner: dict[str, Any] | None) -> dict[str, Any]:
-    """Assemble report.json; saves the winning student and moves its artifact to artifacts/<target>/."""
+    """Assemble report.json; ships the winner to artifacts/<target>-<precision>/ and copies its student."""
     job = ctx.job
     if winner is not None:
         from edge_distill.exporting import ship_winner
 
         winner["artifacts"] = ship_winner(ctx, winner, ctx.targets)
-        winner["artifact"] = promote_artifact(ctx.work, winner)
-        save_student(ctx.work / "student", winner["_student"], job, winner)
-    return {
+        own = next((a for a in winner["artifacts"] if a["target"] == winner["target"] and "path" in a), None)
+        winner["shipped"] = own["path"] if own else winner["artifact"]
+        shutil.copytree(ctx.work / winner["student_dir"], ctx.work / "student")
+    report = {
         "schema": SCHEMA,
         "tool": {"name": "edge-distill", "version": __version__},
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -40,19 +41,36 @@ def build_report(ctx: Context, rounds: list[dict[str, Any]], winner: dict[str, A
             "name": job.profile.name,
             "description": job.profile.description,
             "path": str(job.profile.path),
+            "budget_reason": job.profile.budget_reason,
+            "targets": list(job.profile.targets),
         },
         "budget": job.budget.as_dict(),
         "device": {"name": job.device.name} if job.device is not None else None,
+        "decisions": "measured-device" if job.device is not None else decisions_source(job),
         "input": {"sequence_length": job.sequence_length, "batch": 1},
         "data": data_section(job),
-        "teacher": ctx.teacher_info,
+        "teacher": {**ctx.teacher_info, "family": job.family.name},
         "teacher_outputs": ctx.cache_info,
         "calibration": {**ctx.latency.calibration(), "host_reference_timings": ctx.references},
-        "training": job.train.as_dict(),
+        "training": {**job.train.as_dict(), "losses": job.losses, "scheme": job.scheme},
+        "targets": {
+            "considered": [f"{o.target} {o.precision}" for o in ctx.search.options],
+            "exported": list(ctx.targets),
+        },
         "probes": ctx.probes,
         "rounds": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rounds],
         "result": result_section(ctx, rounds, winner),
     }
+    if winner is not None:
+        from edge_distill.model_card import model_card
+
+        (ctx.work / "student" / "README.md").write_text(model_card(report))
+    return report
+
+
+def decisions_source(job: Any) -> str:
+    """What the loop's latency decisions rest on, without a connected device."""
+    return "measured-host" if job.profile.measured else "predicted"
 
 
 def data_section(job: Any) -> dict[str, Any]:
@@ -74,50 +92,54 @@ def result_section(
         return {
             "fits": True,
             "round": winner["round"],
-            "artifact": winner["artifact"],
+            "target": winner["target"],
+            "precision": winner["precision"],
+            "meets_floor": True,
+            "latency_source": winner["latency_source"],
+            "artifact": winner["shipped"],
             "artifacts": winner["artifacts"],
             "student": "student",
             "reason": None,
         }
-    last = rounds[-1] if rounds else None
-    detail = "; ".join(last["miss_sentences"]) if last else "no candidate was predicted to fit"
-    tried = len(rounds)
-    reason = (
-        f"No student fits {ctx.job.profile.name} after {tried} round(s): the last one, "
-        f"{StudentSpec(**_shape(last['student'])).label}, missed ({detail}); "
-        "raise --max-rounds, relax the budget, or pick a larger device profile."
-        if last
-        else f"No student fits {ctx.job.profile.name}: {detail}."
-    )
     return {
-        "fits": False, "round": None, "artifact": None, "artifacts": [], "student": None, "reason": reason,
+        "fits": False, "round": None, "target": None, "precision": None, "meets_floor": None,
+        "latency_source": None, "artifact": None, "artifacts": [], "student": None,
+        "reason": nothing_fits_reason(ctx, rounds),
     }  # fmt: skip
+
+
+def nothing_fits_reason(ctx: Context, rounds: list[dict[str, Any]]) -> str:
+    """One sentence: the best student that fits the resources but not the floor, or the closest miss."""
+    name, budget = ctx.job.profile.name, ctx.job.budget
+    fitting = [r for r in rounds if r.get("fits_budget")]
+    if fitting:
+        best = max(fitting, key=lambda r: r["retention"] if r["retention"] is not None else -1)
+        shape = StudentSpec(**_shape(best["student"])).label
+        return (
+            f"No student fits {name} and keeps {budget.min_retention:.0%} of the teacher's "
+            f"{best['metric']['name']}: the best that fits, round {best['round']} ({shape} as "
+            f"{best['target']} {best['precision']}, kept in {best['artifact']}), "
+            f"{'; '.join(best['miss_sentences'])}; lower --min-retention, train longer (--epochs), or relax "
+            "the budget so a larger student fits."
+        )
+    if not rounds:
+        return f"No student fits {name}: no candidate was predicted to fit."
+    closest = min(rounds, key=lambda r: sum(m["value"] / m["limit"] for m in r["misses"]) or 99.0)
+    shape = StudentSpec(**_shape(closest["student"])).label
+    return (
+        f"No student fits {name} after {len(rounds)} round(s): the closest, round {closest['round']} "
+        f"({shape} as {closest['target']} {closest['precision']}), missed "
+        f"({'; '.join(closest['miss_sentences'])}); raise --max-rounds, relax the budget, or pick a larger "
+        "device profile."
+    )
 
 
 def _shape(student: dict[str, Any]) -> dict[str, Any]:
     return {k: student[k] for k in ("layers", "hidden", "heads", "intermediate", "vocab") if k in student}
 
 
-def promote_artifact(work: Path, winner: dict[str, Any]) -> str:
-    """The winner's artifact is now its shipped bundle for the round's target: the round's own export
-    (the same model, checked the same way) is removed, and the bundle's path returned."""
-    bundle = next((a for a in winner["artifacts"] if a["target"] == winner["target"] and "path" in a), None)
-    if bundle is None:  # the measuring target failed to ship: keep the round's export
-        return winner["artifact"]
-    shutil.rmtree((work / winner["artifact"]).parent, ignore_errors=True)
-    return bundle["path"]
-
-
-PIPELINES = {
-    "sequence-classification": "text-classification",
-    "sentence-embedding": "sentence-similarity",
-    "causal-lm": "text-generation",
-    "image-classification": "image-classification",
-}
-
-
-def save_student(folder: Path, student: Any, job: Any, winner: dict[str, Any]) -> None:
-    """The student in Hugging Face format (safetensors), with its tokenizer and a short model card.
+def save_pretrained_student(folder: Path, student: Any, job: Any) -> None:
+    """A round's student in Hugging Face format (safetensors), with its tokenizer and how it was made.
 
     A sentence-embedding student also gets sentence-transformers' modules.json and pooling config, so
     that library loads it as it loaded the teacher.
@@ -132,7 +154,6 @@ def save_student(folder: Path, student: Any, job: Any, winner: dict[str, Any]) -
     if job.family.name == "sentence-embedding":
         write_sentence_transformers_files(folder, student)
     write_json_atomic(folder / "edge_distill.json", student_record(job))
-    (folder / "README.md").write_text(model_card(job, winner))
 
 
 def student_record(job: Any) -> dict[str, Any]:
@@ -177,32 +198,9 @@ def write_sentence_transformers_files(folder: Path, student: Any) -> None:
     )
 
 
-def model_card(job: Any, winner: dict[str, Any]) -> str:
-    spec, latency, metric = winner["student"], winner["latency_ms"], winner["metric"]
-    retention = f" (teacher retention {winner['retention']:.1%})" if winner["retention"] is not None else ""
-    vocab = f", vocabulary trimmed to {spec['vocab']:,} tokens" if spec.get("vocab") else ""
-    labels = f" Labels: {', '.join(job.teacher.label_names)}." if job.teacher.label_names else ""
-    return f"""---
-library_name: transformers
-pipeline_tag: {PIPELINES.get(job.family.name, "feature-extraction")}
-tags: [edge-distill, knowledge-distillation]
----
-# Student of {job.teacher.name}
-
-Distilled by edge-distill {__version__} for the `{job.profile.name}` profile.
-
-| | value |
-|---|---|
-| shape | {spec["layers"]} layers x {spec["hidden"]} hidden, {spec["heads"]} heads{vocab} |
-| parameters | {spec["params"]:,} |
-| test {metric["name"]} | {metric["value"]:.4f}{retention} |
-| p90 latency | {latency["p90"]:.1f} ms ({winner["latency_source"]}, {job.profile.name}) |
-| artifact | `{winner["artifact"]}` ({winner["size_mb"]:.1f} MB, {winner["target"]} {winner["precision"]}) |
-
-Training: temperature {job.train.temperature}, alpha {job.train.alpha}, {job.train.epochs} epochs,
-sequence length {job.sequence_length}.{labels}
-"""
-
-
 def write_report(work: Path, report: dict[str, Any]) -> None:
+    """report.json, and report.html beside it (the same figures, plotted, for a person)."""
+    from edge_distill.report_html import write_html
+
     write_json_atomic(work / "report.json", report)
+    write_html(work, report)

@@ -146,6 +146,25 @@ class SshDevice:
                 connection.close()
         return self._parse(stdout, artifact)
 
+    def reach(self) -> None:
+        """Log in once and run ``true``: an unreachable device, a refused login or an unknown host key fails
+        here, in one DeviceError sentence, before a run loads or trains anything.
+
+        Example:
+            >>> SshDevice("ssh://pi@raspberrypi.local").reach()  # doctest: +SKIP
+        """
+        with tempfile.TemporaryDirectory(prefix="ed-ssh-", dir=_short_temp_root()) as tmp:
+            connection = _Connection(self, Path(tmp) / "cm")
+            try:
+                done = connection.ssh("true", timeout_s=connection._short_timeout())
+            finally:
+                connection.close()
+        if done.returncode != 0:
+            raise DeviceError(
+                f"Cannot log in to {self.name} ({_last_line(done.stderr)}); "
+                f"try `{self.try_command()}` by hand."
+            )
+
     def try_command(self) -> str:
         """The plain ``ssh`` command that reaches this device, to check it by hand."""
         port = f"-p {self.url.port} " if self.url.port else ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,6 +226,13 @@ def _load_config(source: str, name: str, opts: dict[str, Any]) -> transformers.P
         if "trust_remote_code" in str(e):
             fix = "pass --trust-remote-code if you trust its author"
             raise TeacherError(f"Teacher {name} needs its own model code; {fix}.") from e
+        unknown = re.search(r"model type `([^`]*)` but Transformers does not recognize", str(e))
+        if unknown:  # transformers' own text runs to three sentences, cut off by _reason
+            raise TeacherError(
+                f"Teacher {name} has model type {unknown.group(1)!r}, which transformers "
+                f"{transformers.__version__} does not know; pass a sequence classifier, a sentence-embedding "
+                "model, a causal LM or an image classifier of a known type, or upgrade transformers."
+            ) from e
         raise TeacherError(f"Teacher {name} has an unreadable config.json ({_reason(e)}); re-save it.") from e
 
 

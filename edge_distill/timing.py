@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 
 from edge_distill.cache import cache_root
-from edge_distill.cost import TRANSFER_ERROR, LatencyModel, Measurement, measure_host_reference
+from edge_distill.cost import TRANSFER_ERROR, HostReference, LatencyModel, Measurement, measure_host_reference
 from edge_distill.cut import export_module
 from edge_distill.devices import HostDevice, LatencyProfile, device_key, profile_on_host
 from edge_distill.errors import DeviceError
@@ -28,6 +28,7 @@ from edge_distill.targets.base import get_target
 
 if TYPE_CHECKING:
     from edge_distill.loop import Context, Job
+    from edge_distill.planner import Option
 
 
 class Timed(NamedTuple):
@@ -41,24 +42,40 @@ class Timed(NamedTuple):
 
 
 def latency_model(job: Job) -> LatencyModel:
-    """Measured figures, else predictions calibrated for this host and for the connected device."""
+    """The latency model of the job's measuring target at fp32 (see ``latency_models``)."""
+    from edge_distill.planner import Option
+
+    return latency_models(job, [Option(job.target, "fp32")])[Option(job.target, "fp32")]
+
+
+def latency_models(job: Job, options: list[Option]) -> dict[Option, LatencyModel]:
+    """One latency model per (target, precision): measured figures, else predictions calibrated for this
+    host and for the connected device. They share the reference workload's timings, so a target not timed
+    yet is still carried to the device at this run's host speed."""
     throughput = job.profile.throughput_for("fp32")
     store = CalibrationStore.default()
-    host = HostDevice()
-    host_key = calibration_key(host.key, os.cpu_count())
+    host_key = calibration_key(HostDevice().key, os.cpu_count())
     host_prior = prior_for(load_profile("host"))
-    device = None
-    if job.device is not None:
-        key = calibration_key(device_key(job.device), job.profile.cores)
-        device = Predictor(key, job.target, "fp32", prior_for(job.profile), store)
-    return LatencyModel(
-        device_gflops=None if job.profile.measured or throughput is None else throughput.gflops,
-        host=Predictor(host_key, job.target, "fp32", host_prior, store),
-        device=device,
-    )
+    device_key_ = calibration_key(device_key(job.device), job.profile.cores) if job.device else None
+    references: list[float] = []
+    models = {}
+    for option in options:
+        target, precision = option.target, option.precision
+        device = None
+        if device_key_ is not None:
+            device = Predictor(device_key_, target, precision, prior_for(job.profile, precision), store)
+        models[option] = LatencyModel(
+            device_gflops=None if job.profile.measured or throughput is None else throughput.gflops,
+            host=Predictor(host_key, target, precision, host_prior, store),
+            device=device,
+            references=references,
+        )
+    return models
 
 
-def time_on_host(ctx: Context, artifact: Path, features: Features) -> Timed:
+def time_on_host(
+    ctx: Context, artifact: Path, features: Features, latency: LatencyModel | None = None
+) -> Timed:
     """Time ``artifact`` at batch 1 on this host, between two timings of the reference workload, and on
     the connected device when there is one.
 
@@ -66,21 +83,34 @@ def time_on_host(ctx: Context, artifact: Path, features: Features) -> Timed:
     right beside the model: load on the host (other processes, thermals) then slows both alike and
     cancels out. A device that fails to time it leaves the round not measured (its sentence is kept).
     """
-    before = measure_host_reference(cache_root())
+    before = host_reference(ctx)
     timing = profile_on_host(
         artifact, numpy_batch_one(ctx), runs=ctx.job.profile_runs, threads=os.cpu_count()
     )
-    after = measure_host_reference(cache_root())
+    after = host_reference(ctx)
     device, error = time_on_device(ctx, artifact)
+    ref_gflops = (before.gflops + after.gflops) / 2 if before and after else 0.0
     measurement = Measurement(
         flops=features.flops, host_ms=timing.p90_ms, memory_mb=timing.peak_memory_mb, size_mb=timing.size_mb,
-        ref_gflops=(before.gflops + after.gflops) / 2, params=features.params,
+        ref_gflops=ref_gflops, params=features.params,
         device_p90_ms=device.p90_ms if device else None,
         device_memory_mb=device.peak_memory_mb if device else None,
     )  # fmt: skip
-    ctx.latency.observe(measurement, features, host=timing, device=device)
-    ctx.references += [before.as_dict(), after.as_dict()]
+    (latency or ctx.latency).observe(measurement, features, host=timing, device=device)
+    ctx.references += [r.as_dict() for r in {id(r): r for r in (before, after) if r}.values()]
     return Timed(timing, measurement, device, error)
+
+
+def host_reference(ctx: Context) -> HostReference | None:
+    """The reference workload timed now, to carry a host timing to the device; None when the profile is
+    this host (nothing to carry). A quick run (fewer timing runs) times it once and reuses it."""
+    if ctx.job.profile.measured:
+        return None
+    quick = ctx.job.profile_runs < 50
+    if quick and ctx.references:
+        return ctx.last_reference
+    ctx.last_reference = measure_host_reference(cache_root())
+    return ctx.last_reference
 
 
 def time_on_device(ctx: Context, artifact: Path) -> tuple[LatencyProfile | None, str | None]:
@@ -98,16 +128,25 @@ def time_on_device(ctx: Context, artifact: Path) -> tuple[LatencyProfile | None,
         return None, str(error)
 
 
-def time_unsaved(ctx: Context, model: torch.nn.Module, features: Features) -> Timed:
-    """Export ``model`` to a temporary artifact and time it (the teacher, an untrained probe)."""
+def time_unsaved(
+    ctx: Context, model: torch.nn.Module, features: Features, option: Option | None = None
+) -> Timed:
+    """Export ``model`` to a temporary artifact at ``option`` (default: the measuring target at fp32) and
+    time it (the teacher, an untrained probe); a quantized export calibrates on the validation split."""
+    target = option.target if option else ctx.job.target
+    precision = option.precision if option else "fp32"
+    calibration = {k: v[:64] for k, v in model_inputs(ctx.inputs["val"]).items()}
     with tempfile.TemporaryDirectory() as tmp:
         module = export_module(ctx.job.family, model)
-        artifact = get_target(ctx.job.target).export(module, batch_one(ctx), Path(tmp))
-        return time_on_host(ctx, artifact, features)
+        artifact = get_target(target, profile=ctx.job.profile).export(
+            module, batch_one(ctx), Path(tmp), precision=precision, calibration=calibration
+        )
+        return time_on_host(ctx, artifact, features, ctx.latencies.get(option) if option else None)
 
 
-def latency_fields(ctx: Context, timed: Timed) -> dict[str, Any]:
+def latency_fields(ctx: Context, timed: Timed, latency: LatencyModel | None = None) -> dict[str, Any]:
     """Latency on the device with where it comes from, and the host measurement it rests on."""
+    latency = latency or ctx.latency
     timing = timed.profile
     host = {"p50": timing.p50_ms, "p90": timing.p90_ms, "p99": timing.p99_ms}
     if timed.device is not None:
@@ -127,12 +166,12 @@ def latency_fields(ctx: Context, timed: Timed) -> dict[str, Any]:
             "host_latency_ms": rounded(host),
             **not_measured,
         }
-    device = {k: ctx.latency.device_ms(v, timed.measurement.ref_gflops) for k, v in host.items()}
+    device = {k: latency.device_ms(v, timed.measurement.ref_gflops) for k, v in host.items()}
     error = TRANSFER_ERROR
     return {
         "latency_ms": rounded(device),
         "latency_source": "predicted",
-        "calibration": ctx.latency.calibration(timed.measurement),
+        "calibration": latency.calibration(timed.measurement),
         "latency_interval_ms": [round(device["p90"] * (1 - error), 3), round(device["p90"] * (1 + error), 3)],
         "host_latency_ms": rounded(host),
         **not_measured,

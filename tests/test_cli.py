@@ -43,7 +43,7 @@ def test_tiny_teacher_fits_host(tiny_teacher_dir: Path, tiny_csv: Path, tmp_path
     assert code == 0, err
     assert "Fits: round 1" in out
     report = json.loads((out_dir / "report.json").read_text())
-    assert report["schema"] == 1
+    assert report["schema"] == 2
     # precedence: command line > config file > profile, each value with its source
     assert report["budget"]["latency_ms"] == {"value": 1000.0, "source": "command line (--latency-ms)"}
     assert report["budget"]["memory_mb"]["value"] == 1500.0
