@@ -50,7 +50,7 @@ def test_export_prints_a_table(tiny_teacher_dir: Path, tiny_csv: Path, tmp_path:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--target", "onx"], "Did you mean 'onnx'"),
+        (["--target", "onx"], "did you mean 'onnx'"),
         (["--target", "onnx", "--precision", "fp16"], "has no 'fp16' precision; use one of fp32"),
         (["--target", "all", "--precision", "int4"], "No target offers precision int4"),
     ],

@@ -134,7 +134,7 @@ def test_terms_take_the_temperature_from_the_settings(runs, teacher, train) -> N
 
 
 def test_unknown_loss_name_suggests_the_closest() -> None:
-    with pytest.raises(ObjectiveError, match="Did you mean 'kd'"):
+    with pytest.raises(ObjectiveError, match="did you mean 'kd'"):
         Objective.build({"kdd": 1.0}, nn.Module(), nn.Module())
 
 

@@ -183,7 +183,7 @@ def test_reexport_replaces_the_artifact_in_place(tmp_path: Path) -> None:
 
 
 def test_unknown_target_suggests_the_closest() -> None:
-    with pytest.raises(ExportError, match="Did you mean 'onnx'"):
+    with pytest.raises(ExportError, match="did you mean 'onnx'"):
         get_target("onx")
 
 
