@@ -179,7 +179,7 @@ def make_job(
         resume=resume,
         targets=tuple(targets) if targets else None,
         precisions=tuple(precisions) if precisions else None,
-        ship_all=not quick,
+        quick=quick,
         profile_runs=20 if quick else 100,
         command=command,
         width=width,

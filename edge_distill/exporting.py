@@ -264,7 +264,7 @@ def check_targets(ctx: Context) -> list[str]:
 def ship_winner(ctx: Context, winner: dict[str, Any], targets: Sequence[str]) -> list[dict[str, Any]]:
     """Bundle the winning student for each target into artifacts/<target>-<precision>/: the winning
     round's own verified bundle for its target, and the same precision (or the target's default, when it
-    does not offer that one) for the others. With ``job.ship_all`` False only the winning target ships.
+    does not offer that one) for the others. A quick job ships the winning target only.
 
     A target that fails here (after passing the untrained check) is reported, not fatal: the others ship.
     """
@@ -277,7 +277,8 @@ def ship_winner(ctx: Context, winner: dict[str, Any], targets: Sequence[str]) ->
     model = export_module(job.family, student)
     data = shipment(ctx, winner["student"].get("vocab") is not None)
     shipped = []
-    for name in targets if job.ship_all else [winner["target"]]:
+    shutil.rmtree(ctx.work / "artifacts", ignore_errors=True)  # a resumed run may have begun shipping
+    for name in [winner["target"]] if job.quick else targets:
         offered = get_target(name).precisions
         precision = winner["precision"] if winner["precision"] in offered else offered[0]
         bundle = f"{name}-{precision}"

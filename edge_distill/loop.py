@@ -88,7 +88,8 @@ class Job:
     data_record: dict[str, Any] = field(default_factory=dict)  # how to load the data again (export)
     device: Device | None = None  # every artifact is also timed here; the loop decides on that
     command: list[str] | None = None  # the command line, kept so that `--resume RUN` alone continues it
-    ship_all: bool = True  # the winner ships to every target (False: only the winning target, faster)
+    # a fast trial: targets are not checked up front, only the winning target ships, fewer timing runs
+    quick: bool = False
 
     @property
     def sequence_length(self) -> int:
@@ -168,15 +169,25 @@ def check_out_dir(out_dir: Path, resume: bool = False) -> None:
 
 
 def options_for(job: Job) -> list[Option]:
-    """Every (target, precision) the loop may ship: the profile's targets (or ``job.targets``), each at
-    the precisions it offers (or those of ``job.precisions`` it offers)."""
+    """Every (target, precision) the loop may try: the profile's targets (or ``job.targets``) whose
+    artifacts run on this host or on the connected device, each at the precisions it offers (or those of
+    ``job.precisions``). A target that cannot run here (Core ML off macOS) still ships with the winner."""
     from edge_distill.targets.base import get_target
 
-    options = []
+    options, skipped = [], []
     for name in job.targets or job.profile.targets:
-        offered = get_target(name).precisions
-        wanted = [p for p in offered if job.precisions is None or p in job.precisions]
+        target = get_target(name, profile=job.profile)
+        if job.device is None and target.unverifiable_reason() is not None:
+            skipped.append(f"{name} ({target.unverifiable_reason()})")
+            continue
+        wanted = [p for p in target.precisions if job.precisions is None or p in job.precisions]
         options += [Option(name, p) for p in sorted(wanted, key=lambda p: p != "fp32")]
+    if not options:
+        why = "; ".join(skipped) or f"none of them offers {', '.join(job.precisions or [])}"
+        raise EdgeDistillError(
+            f"No target of {job.profile.name} can be timed here: {why}; connect the device (--device) or "
+            "pick targets this host runs (--target onnx, executorch or tflite)."
+        )
     return options
 
 
@@ -302,8 +313,11 @@ def run_rounds(ctx: Context) -> tuple[list[dict[str, Any]], dict[str, Any] | Non
     from edge_distill.rounds import run_round, save_round
 
     job, search = ctx.job, ctx.search
-    ctx.targets = check_targets(ctx)
-    search.options = [o for o in search.options if o.target in ctx.targets]
+    if not job.quick:
+        ctx.targets = check_targets(ctx)
+        search.options = [o for o in search.options if o.target in ctx.targets]
+    else:  # --quick: a target that cannot export the student fails its probe or round instead
+        ctx.targets = list(dict.fromkeys(o.target for o in search.options))
     rounds = resume_rounds(ctx)
     winner = next((r for r in rounds if r["fits"]), None)
     while winner is None and len(rounds) < job.max_rounds:
@@ -337,6 +351,7 @@ def resume_rounds(ctx: Context) -> list[dict[str, Any]]:
     from edge_distill.rounds import load_rounds, measurement_of
     from edge_distill.students import StudentSpec
 
+    resume_probes(ctx)
     rounds = load_rounds(ctx.work)
     by_spec = {c.spec: c for c in ctx.candidates}
     for record in rounds:
@@ -398,12 +413,39 @@ def probe(ctx: Context, candidate: Candidate, option: Option) -> None:
             "fits": fits,
         }
     )
+    save_probes(ctx, timed.measurement)
     verdict = "fits" if fits else "misses, skipped without training"
     ctx.reporter.say(
         f"Probe {candidate.spec.label} as {option.label} (untrained): "
         f"p90 {fields['latency_ms']['p90']:.1f} ms "
         f"{fields['latency_source']}, {timing.size_mb:.1f} MB -> {verdict}"
     )
+
+
+PROBES_FILE = "probes.json"  # in the run folder: the probes so far and their measurements, for --resume
+
+
+def save_probes(ctx: Context, measurement: Any) -> None:
+    from edge_distill.atomic import write_json_atomic
+
+    ctx.probes[-1]["_measurement"] = measurement.__dict__
+    write_json_atomic(ctx.work / PROBES_FILE, ctx.probes)
+
+
+def resume_probes(ctx: Context) -> None:
+    """The probes an interrupted run already timed: kept, and their measurements replayed."""
+    import json
+
+    from edge_distill.cost import Measurement
+
+    path = ctx.work / PROBES_FILE
+    if not path.is_file():
+        return
+    ctx.probes = json.loads(path.read_text())
+    for entry in ctx.probes:
+        if entry.get("_measurement"):
+            option = Option(entry["target"], entry["precision"])
+            ctx.latencies[option].observe(Measurement(**entry["_measurement"]))
 
 
 def nothing_fits_before_training(ctx: Context) -> None:

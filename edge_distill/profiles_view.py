@@ -63,7 +63,8 @@ def profile_detail(profile: DeviceProfile) -> RenderableType:
     p = profile
     budget = Table("budget", "value", "source", title="Default budget")
     for key, entry in p.budget.as_dict().items():
-        budget.add_row(key, f"{entry['value']:g}", entry["source"])
+        value = "not set" if entry["value"] is None else f"{entry['value']:g}"
+        budget.add_row(key, value, entry["source"])
     header = Text.assemble((p.name, "bold"), f" ({', '.join(p.aliases) or 'no aliases'}): {p.description}")
     facts = f"targets: {', '.join(p.targets)}; inputs: sequence_length {p.sequence_length}, "
     facts += f"image_size {p.image_size}; file: {p.path}"

@@ -32,6 +32,7 @@ def build_report(ctx: Context, rounds: list[dict[str, Any]], winner: dict[str, A
         winner["artifacts"] = ship_winner(ctx, winner, ctx.targets)
         own = next((a for a in winner["artifacts"] if a["target"] == winner["target"] and "path" in a), None)
         winner["shipped"] = own["path"] if own else winner["artifact"]
+        shutil.rmtree(ctx.work / "student", ignore_errors=True)  # a resumed run may have begun this
         shutil.copytree(ctx.work / winner["student_dir"], ctx.work / "student")
     report = {
         "schema": SCHEMA,
@@ -57,7 +58,7 @@ def build_report(ctx: Context, rounds: list[dict[str, Any]], winner: dict[str, A
             "considered": [f"{o.target} {o.precision}" for o in ctx.search.options],
             "exported": list(ctx.targets),
         },
-        "probes": ctx.probes,
+        "probes": [{k: v for k, v in p.items() if not k.startswith("_")} for p in ctx.probes],
         "rounds": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rounds],
         "result": result_section(ctx, rounds, winner),
     }

@@ -131,9 +131,9 @@ def artifact_metric(measured: dict[str, Any], verification: dict[str, Any]) -> d
 
 def accelerator_share(inspect: dict[str, Any]) -> float | None:
     """Share of the graph's ops delegated to an accelerator backend, where the export reports delegation
-    (ExecuTorch); None where the target does not say."""
+    to one (ExecuTorch with Core ML); None where the target does not say, or runs on the CPU only."""
     delegated = inspect.get("delegated")
-    if not isinstance(delegated, dict):
+    if not isinstance(delegated, dict) or not set(delegated) & set(ACCELERATOR_BACKENDS):
         return None
     counts = {name: sum(b.get("ops", {}).values()) for name, b in delegated.items()}
     total = sum(counts.values()) + sum(inspect.get("portable", {}).values())

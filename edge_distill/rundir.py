@@ -83,9 +83,10 @@ class RunFolder:
 
     def kept_sentence(self, what: str) -> str:
         done = self.finished_rounds()
+        kept = f"its {done} finished round(s) are" if done else "its training checkpoints are"
         return (
-            f"{what}; the run's {done} finished round(s) are kept in {self.partial}: continue with "
-            f"`edge-distill --resume {self.final}` (training resumes from its last finished epoch)."
+            f"{what}; {kept} kept ({self.partial}): continue with `edge-distill --resume {self.final}` "
+            "(training resumes from its last finished epoch)."
         )
 
 

@@ -131,7 +131,7 @@ class Search:
         latency = self.latencies[option]
         predicted = predict(candidate, latency, option.precision)
         if latency.exact(candidate.flops, candidate.params) is None:  # the format's overhead, as measured
-            predicted["size_mb"] *= size_overhead(latency, option.precision)
+            predicted["size_mb"] += size_overhead(self.latencies, option)
         return {**predicted, "retention": self.accuracy.predict(candidate, option.precision)}
 
     def fits(self, forecast: dict[str, Any]) -> bool:
@@ -239,12 +239,22 @@ class Search:
         return candidate, option, found
 
 
-def size_overhead(latency: LatencyModel, precision: str) -> float:
-    """Measured artifact size over the weights' bytes at this target and precision (1 before any)."""
+def size_overhead(latencies: dict[Option, LatencyModel], option: Option) -> float:
+    """An artifact's bytes beyond its weights (the graph, metadata), in MB: measured at this target
+    (median over its precisions), else at any target, else 0 before the first export is measured."""
     from edge_distill.cost import artifact_mb
 
-    ratios = [m.size_mb / artifact_mb(m.params, precision) for m in latency.measurements if m.params]
-    return statistics.median(ratios) if ratios else 1.0
+    def extra(models: list[tuple[Option, LatencyModel]]) -> list[float]:
+        return [
+            m.size_mb - artifact_mb(m.params, o.precision)
+            for o, model in models
+            for m in model.measurements
+            if m.params
+        ]
+
+    own = extra([(o, m) for o, m in latencies.items() if o.target == option.target])
+    found = own or extra(list(latencies.items()))
+    return max(0.0, statistics.median(found)) if found else 0.0
 
 
 def slack_text(record: dict[str, Any]) -> str:

@@ -51,17 +51,19 @@ def test_tiny_teacher_fits_host(tiny_teacher_dir: Path, tiny_csv: Path, tmp_path
     assert report["budget"]["size_mb"]["source"].startswith("profile host")
     (first,) = report["rounds"]
     assert first["fits"] and first["latency_source"] == "measured-host"
-    assert first["parity"]["ok"] and first["parity"]["max_abs_diff"] <= 1e-4
+    assert first["verification"]["status"] == "verified" and first["verification"]["max_abs_diff"] <= 1e-4
+    assert first["action"] == "distill" and first["why"] and first["meets_floor"]
     assert first["latency_ms"]["p50"] <= first["latency_ms"]["p90"] <= first["latency_ms"]["p99"]
     assert first["student"]["params"] < report["teacher"]["params"]
     result = report["result"]
-    assert {k: result[k] for k in ("fits", "round", "artifact", "student", "reason")} == {
+    assert {k: result[k] for k in ("fits", "round", "student", "reason", "precision")} == {
         "fits": True,
         "round": 1,
-        "artifact": "artifacts/onnx-fp32/model.onnx",
         "student": "student",
         "reason": None,
+        "precision": "fp32",
     }
+    assert result["artifact"].startswith(f"artifacts/{result['target']}-fp32/model.")
     # every target of the host profile ships its bundle, each verified here
     shipped = {(a["target"], a["precision"]): a for a in result["artifacts"]}
     assert set(shipped) == {("onnx", "fp32"), ("executorch", "fp32"), ("tflite", "fp32")}
@@ -74,7 +76,12 @@ def test_tiny_teacher_fits_host(tiny_teacher_dir: Path, tiny_csv: Path, tmp_path
     assert metadata["profile"]["name"] == "host" and metadata["verification"]["status"] == "verified"
     assert metadata["preprocess"]["sequence_length"] == report["input"]["sequence_length"]
     assert [i["name"] for i in metadata["signature"]["inputs"]] == ["input_ids", "attention_mask"]
-    assert not (out_dir / "artifacts" / "round-1-onnx").exists()  # the round's export became the bundle
+    assert (out_dir / first["artifact"]).is_file() and (
+        out_dir / first["student_dir"] / "config.json"
+    ).is_file()
+    assert (out_dir / "report.html").is_file() and "model-index" in (
+        out_dir / "student" / "README.md"
+    ).read_text()
     record = json.loads((out_dir / "student" / "edge_distill.json").read_text())
     assert record["data"]["source"] == str(tiny_csv.resolve())
     # the student exports again later with nothing but its folder: the run recorded its data
@@ -280,7 +287,9 @@ def unprobed_size_miss(teacher_dir: Path, data: Path) -> list[str]:
     size = f"{shrink_budget(teacher_dir):.6f}"
     # --no-probe: train without timing an untrained copy first, so the miss is found after training;
     # --no-vocab-trim: else the teacher's own shape, trimmed to the data's few tokens, comes first and fits
-    return ["--profile", "host", *pair(teacher_dir, data), "--size-mb", size, "--no-probe", "--no-vocab-trim"]
+    # --target onnx --precision fp32: no cheaper export of the same student to fall back on
+    flags = ["--size-mb", size, "--no-probe", "--no-vocab-trim", "--target", "onnx", "--precision", "fp32"]
+    return ["--profile", "host", *pair(teacher_dir, data), *flags]
 
 
 def test_loop_shrinks_after_a_measured_miss(
@@ -294,8 +303,26 @@ def test_loop_shrinks_after_a_measured_miss(
     first, second = report["rounds"]
     assert not first["fits"] and [m["budget"] for m in first["misses"]] == ["size_mb"]
     assert second["fits"] and second["student"]["params"] < first["student"]["params"]
+    assert second["action"] == "shrink"
     assert report["result"]["round"] == 2 and report["result"]["artifact"] == "artifacts/onnx-fp32/model.onnx"
     assert (out_dir / first["artifact"]).is_file()  # the missed round's artifact is kept
+
+
+def test_a_measured_miss_tries_a_lower_precision_before_retraining(
+    tiny_teacher_dir: Path, tiny_csv: Path, tmp_path: Path, capsys
+) -> None:
+    out_dir = tmp_path / "run"
+    args = unprobed_size_miss(tiny_teacher_dir, tiny_csv)[:-2]  # every precision ONNX offers
+    code, _out, err = run(capsys, *args, "--out", str(out_dir), *FAST, "--quick")
+    assert code == 0, err
+    report = json.loads((out_dir / "report.json").read_text())
+    first, second = report["rounds"]
+    assert first["precision"] == "fp32" and [m["budget"] for m in first["misses"]] == ["size_mb"]
+    assert second["action"] == "lower-precision" and second["from_round"] == 1
+    assert second["precision"] in ("int8", "int8-dynamic") and second["train"] is None  # no retraining
+    assert second["fits"] and second["size_mb"] < first["size_mb"] / 2
+    assert second["metric"]["source"].startswith("artifact")  # accuracy of the int8 artifact itself
+    assert report["result"]["precision"] == second["precision"]
 
 
 def test_nothing_fits_after_rounds_exits_3_with_report(
@@ -335,7 +362,7 @@ def test_interrupt_leaves_nothing_half_written_and_resume_finishes_the_same(
     monkeypatch.setattr(training, "distill", interrupted_in_epoch_2)
     code, _, err = run(capsys, *args, "--out", str(out_dir))
     assert code == 130 and "Interrupted" in err and "--resume" in err
-    assert not out_dir.exists() and not list(tmp_path.glob(".*partial"))
+    assert not out_dir.exists() and (tmp_path / ".run.partial").is_dir()  # kept aside for --resume
     monkeypatch.setattr(training, "distill", real)
     code, out, err = run(capsys, *args, "--out", str(out_dir), "--resume")
     assert code == 0, err
@@ -362,3 +389,38 @@ def test_probe_skips_a_candidate_without_training(
     (only,) = report["rounds"]  # the probed miss was never trained
     assert only["fits"] and only["student"]["params"] < report["probes"][0]["student"]["params"]
     assert "skipped without training" in out
+
+
+def test_resume_run_alone_continues_after_the_last_finished_round(
+    tiny_teacher_dir: Path, tiny_csv: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """Round 1 misses and finishes; Ctrl-C in round 2. `--resume RUN` alone repeats the stored command,
+    keeps round 1 (not retrained) and its files, and trains round 2 only."""
+    import edge_distill.training as training
+
+    real, calls = training.distill, []
+
+    def interrupted_in_round_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    out_dir = tmp_path / "run"
+    args = [*unprobed_size_miss(tiny_teacher_dir, tiny_csv), "--quick", *FAST]
+    monkeypatch.setattr(training, "distill", interrupted_in_round_2)
+    code, _, err = run(capsys, *args, "--out", str(out_dir))
+    assert code == 130 and "1 finished round(s)" in err and f"--resume {out_dir}" in err
+    partial = tmp_path / ".run.partial"
+    first = json.loads((partial / "rounds" / "round-1" / "round.json").read_text())
+    assert not first["fits"] and (partial / first["artifact"]).is_file()
+    calls.clear()
+    monkeypatch.setattr(training, "distill", lambda *a, **k: calls.append(1) or real(*a, **k))
+    code, out, err = run(capsys, "--resume", str(out_dir))
+    assert code == 0, err
+    assert "Round 1 was finished before the interruption: kept" in out and len(calls) == 1
+    report = json.loads((out_dir / "report.json").read_text())
+    assert [r["round"] for r in report["rounds"]] == [1, 2] and report["rounds"][0] == {
+        k: v for k, v in first.items() if not k.startswith("_")
+    }
+    assert report["result"]["round"] == 2 and not partial.exists()
