@@ -190,6 +190,7 @@ class CalibrationStore:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._read: tuple[tuple[int, int], list[Point]] | None = None  # (mtime, size) -> points
 
     @classmethod
     def default(cls) -> CalibrationStore:
@@ -198,8 +199,16 @@ class CalibrationStore:
         return cls(cache_root() / "calibration.json")
 
     def points(self, device: str, target: str, precision: str) -> list[Point]:
-        """The stored measurements of one device, target and precision, oldest first."""
-        return [p for p in self._load() if p.key == (device, target, precision)]
+        """The stored measurements of one device, target and precision, oldest first (the file is read
+        again only when it changed: the loop asks for hundreds of predictions per decision)."""
+        try:
+            stat = self.path.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)
+        except FileNotFoundError:
+            return []
+        if self._read is None or self._read[0] != stamp:
+            self._read = (stamp, self._load())
+        return [p for p in self._read[1] if p.key == (device, target, precision)]
 
     def add(self, point: Point) -> None:
         """Store ``point``; the oldest points of its key beyond KEEP_PER_KEY are dropped."""
@@ -300,13 +309,24 @@ class Predictor:
         else:
             self._extra.append(point)
 
+    def _fitted(self, points: list[Point]) -> tuple[np.ndarray, np.ndarray, float, float, float]:
+        """The fitted coefficients, p90/p50 ratio and errors, refitted only when the points changed."""
+        stamp = self.store._read[0] if self.store is not None and self.store._read else None
+        signature = (stamp, len(self._extra), len(points))
+        cached = getattr(self, "_fit", None)
+        if cached is None or cached[0] != signature:
+            fits = (
+                fit_latency(points, self.prior), fit_memory(points, self.prior), _p90_ratio(points),
+                _error(points, self.prior, "latency"), _error(points, self.prior, "memory"),
+            )  # fmt: skip
+            self._fit = (signature, fits)
+        return self._fit[1]
+
     def predict(self, features: Features) -> Prediction:
         points = self.points()
-        lat = fit_latency(points, self.prior)
-        mem = fit_memory(points, self.prior)
+        lat, mem, ratio, latency_error, memory_error = self._fitted(points)
         p50 = float(_latency_row(features) @ lat)
         memory = float(_memory_row(features) @ mem) + features.peak_activation_bytes / 2**20
-        ratio = _p90_ratio(points)
         if points:
             source = (
                 f"calibrated on {len(points)} measurement{'s' if len(points) > 1 else ''} of {self.device}"
@@ -318,8 +338,8 @@ class Predictor:
             p90_ms=p50 * ratio,
             memory_mb=memory,
             source=source,
-            latency_error=_error(points, self.prior, "latency"),
-            memory_error=_error(points, self.prior, "memory"),
+            latency_error=latency_error,
+            memory_error=memory_error,
             points=len(points),
         )
 

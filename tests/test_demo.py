@@ -23,7 +23,10 @@ def test_demo_on_raspberry_pi_fits_the_budget_it_reports(
     assert "alias of raspberry-pi-4" in out and "built-in demo" in out and "Fits: round" in out
     report = json.loads((out_dir / "report.json").read_text())
     budget = {name: entry["value"] for name, entry in report["budget"].items()}
-    assert budget == {"latency_ms": 50.0, "memory_mb": 512.0, "size_mb": 100.0}
+    assert budget == {
+        "latency_ms": 50.0, "memory_mb": 512.0, "size_mb": 100.0, "min_retention": 0.95,
+        "accelerator_share": None,
+    }  # fmt: skip
     assert report["teacher"]["params"] == pytest.approx(22.7e6, rel=0.01)
     assert report["teacher"]["latency_source"] == "predicted"
     chosen = next(r for r in report["rounds"] if r["round"] == report["result"]["round"])
@@ -31,7 +34,8 @@ def test_demo_on_raspberry_pi_fits_the_budget_it_reports(
     assert chosen["fits"] and chosen["latency_ms"]["p90"] <= budget["latency_ms"]
     assert chosen["peak_memory_mb"] <= budget["memory_mb"] and chosen["size_mb"] <= budget["size_mb"]
     assert chosen["student"]["params"] < report["teacher"]["params"]
-    assert chosen["parity"]["ok"] and chosen["parity"]["top1_agreement"] == 1.0
+    assert chosen["verification"]["status"] == "verified" and chosen["meets_floor"]
+    assert chosen["retention"] >= 0.95 and (out_dir / "report.html").is_file()
     assert (
         chosen["metric"]["value"] > 0.5
     )  # 5 classes: well above chance (0.2) on 32 training examples per class
@@ -46,21 +50,16 @@ def test_demo_on_raspberry_pi_fits_the_budget_it_reports(
     }
 
 
-@pytest.mark.slow
-def test_quickstart_example_runs(tmp_path: Path) -> None:
-    import os
+def test_quickstart_example_runs() -> None:
+    """examples/quickstart.py runs the step-by-step demo (tests/test_examples.py runs that one, reduced)."""
     import subprocess
     import sys
 
     script = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
-    out_dir = tmp_path / "quickstart"
     result = subprocess.run(
-        [sys.executable, str(script), "--max-per-class", "12", "--out", str(out_dir)],
-        capture_output=True,
-        text=True,
-        env=os.environ.copy(),
-        timeout=900,
+        [sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert '"source": "predicted"' in result.stdout
-    assert (out_dir / "artifacts" / "onnx-fp32" / "model.onnx").is_file()
+    shown = " ".join(result.stdout.split())  # argparse wraps the description to the terminal's width
+    assert "step by step through the Python API" in shown
+    assert all(flag in shown for flag in ("--quick", "--max-per-class", "--out"))
