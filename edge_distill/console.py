@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -91,20 +92,21 @@ def rounds_table(report: dict[str, Any]) -> Table:
     """The closing table: one row per round (narrow enough for an 80-column terminal)."""
     rounds = report["rounds"]
     sources = sorted({r["latency_source"] for r in rounds if r.get("latency_source")})
-    table = Table(title="Rounds", title_justify="left", caption=f"p90 latency: {', '.join(sources) or '-'}")
+    table = Table(
+        title="Rounds", title_justify="left", caption=f"p90 latency: {', '.join(sources) or '-'}",
+        box=box.SIMPLE_HEAD, pad_edge=False,
+    )  # fmt: skip
     metric = METRIC_COLUMNS.get(rounds[0]["metric"]["name"], "metric") if rounds else "acc"
-    columns = ("#", "student", "as", metric, "retain", "p90 ms", "mem MB", "size MB", "fits")
-    for column in columns:
-        table.add_column(
-            column, justify="left" if column in ("student", "as", "fits") else "right", no_wrap=True
-        )
+    for column in ("#", "student", "as", metric, "kept", "p90 ms", "mem MB", "MB"):
+        table.add_column(column, justify="left" if column in ("student", "as") else "right", no_wrap=True)
+    table.add_column("fits", overflow="fold")
     for r in rounds:
         student = r["student"]
         shape = StudentSpec(**{k: student[k] for k in SHAPE if k in student}).short
         table.add_row(
             str(r["round"]),
             f"{shape} {student['params'] / 1e6:.1f}M",
-            f"{TARGET_SHORT.get(r['target'], r['target'])} {r['precision']}",
+            f"{TARGET_SHORT.get(r['target'], r['target'])} {r['precision'].replace('-dynamic', '-dyn')}",
             f"{r['metric']['value']:.3f}",
             f"{r['retention']:.1%}" if r["retention"] is not None else "-",
             f"{r['latency_ms']['p90']:.1f}" if r.get("latency_ms") else "-",

@@ -88,7 +88,8 @@ class Job:
     data_record: dict[str, Any] = field(default_factory=dict)  # how to load the data again (export)
     device: Device | None = None  # every artifact is also timed here; the loop decides on that
     command: list[str] | None = None  # the command line, kept so that `--resume RUN` alone continues it
-    # a fast trial: targets are not checked up front, only the winning target ships, fewer timing runs
+    # a fast trial: the teacher's cost predicted, no probes or up-front target check, only the winning
+    # target ships, fewer timing runs
     quick: bool = False
 
     @property
@@ -291,6 +292,8 @@ def measure_teacher(ctx: Context) -> dict[str, Any]:
     """The teacher's cost on this host and (predicted) on the device; its metric is added later."""
     job = ctx.job
     features = model_cost(job.teacher.model, job.sequence_length)
+    if job.quick:  # a fast trial predicts the teacher's cost instead of exporting and timing it
+        return predicted_teacher(ctx, features)
     timed = time_unsaved(ctx, job.teacher.model, features)
     timing = timed.device or timed.profile
     return {
@@ -302,6 +305,26 @@ def measure_teacher(ctx: Context) -> dict[str, Any]:
         **latency_fields(ctx, timed),
         "peak_memory_mb": known(timing.peak_memory_mb, 1),
         "load_ms": known(timing.load_ms, 1),
+    }
+
+
+def predicted_teacher(ctx: Context, features: Any) -> dict[str, Any]:
+    """The teacher's cost as the latency model predicts it (``--quick``: not exported, not timed)."""
+    from edge_distill.cost import artifact_mb
+
+    job, predicted = ctx.job, ctx.latency.predict(features)
+    return {
+        "name": job.teacher.name,
+        "path": str(job.teacher.path),
+        "params": features.params,
+        "flops": features.flops,
+        "size_mb": round(artifact_mb(features.params), 2),
+        "latency_ms": {"p90": round(predicted["latency_ms"], 3)},
+        "latency_source": "predicted",
+        "calibration": predicted["source"],
+        "latency_interval_ms": predicted.get("latency_interval_ms"),
+        "peak_memory_mb": round(predicted["memory_mb"], 1),
+        "load_ms": None,
     }
 
 
@@ -377,7 +400,7 @@ def choose(ctx: Context) -> Any:
     precision: cost does not depend on the weights, so a candidate that then misses costs no training."""
     while True:
         action = ctx.search.next_action()
-        if action is None or action.kind == "lower-precision" or not ctx.job.probe:
+        if action is None or action.kind == "lower-precision" or not ctx.job.probe or ctx.job.quick:
             return action
         candidate, option = action.candidate, action.option
         if ctx.latencies[option].exact(candidate.flops, candidate.params) is not None:
