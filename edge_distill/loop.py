@@ -207,7 +207,7 @@ def prepare(job: Job, work: Path, reporter: Reporter, coordinator: Coordinator |
     ctx.teacher_info = measure_teacher(ctx)
     ctx.cutter = make_cutter(job, inputs)
     ctx.candidates = cost_candidates(ctx.cutter, seq_len=job.sequence_length)
-    ctx.search = Search(ctx.candidates, options, latencies, Accuracy(ctx.teacher_info["params"]), job.budget)
+    ctx.search = Search(ctx.candidates, options, latencies, Accuracy(ctx.teacher_info["flops"]), job.budget)
     if ctx.search.next_action() is None:
         nothing_fits_before_training(ctx)
     ctx.teacher_logits, ctx.cache_info = teacher_outputs(job, inputs, reporter)

@@ -34,8 +34,9 @@ from edge_distill.students import StudentSpec
 # Accuracy a lower precision is expected to cost before it is measured (points of retention): the usual
 # drop of post-training quantization on transformer classifiers, refined by each measurement.
 PRECISION_PENALTY = {"fp32": 0.0, "fp16": 0.001, "int8-dynamic": 0.01, "int8": 0.01, "palettized": 0.02}
-# Retention lost per e-fold fewer parameters than the teacher, before any student is measured
-# (DistilBERT keeps 97% at 1.6x fewer; TinyBERT-4 about 96% at 7.5x): refitted on every measured round.
+# Retention lost per e-fold fewer FLOPs than the teacher, before any student is measured (DistilBERT keeps
+# 97% at half the FLOPs; TinyBERT-4 about 96% at a ninth): refitted on every measured round. FLOPs, not
+# parameters: a vocabulary trimmed to the data's tokens costs parameters but no accuracy, and no FLOPs.
 PRIOR_LOSS_PER_EFOLD = 0.02
 SLACK = 0.5  # a fitting student using at most half of every budget leaves room to grow
 
@@ -44,20 +45,20 @@ SLACK = 0.5  # a fitting student using at most half of every budget leaves room 
 class Accuracy:
     """Predicted retention of a student at a precision, from what this run has measured so far."""
 
-    teacher_params: int
+    teacher_flops: int
     measured: dict[tuple[StudentSpec, str], float] = field(default_factory=dict)  # (spec, precision)
-    params: dict[StudentSpec, int] = field(default_factory=dict)
+    flops: dict[StudentSpec, int] = field(default_factory=dict)
 
     def observe(self, candidate: Candidate, precision: str, retention: float | None) -> None:
         if retention is not None and math.isfinite(retention):
             self.measured[(candidate.spec, precision)] = retention
-            self.params[candidate.spec] = candidate.params
+            self.flops[candidate.spec] = candidate.flops
 
     def loss_per_efold(self) -> float:
         """Retention lost per e-fold of compression, fitted on the fp32 students measured (prior before)."""
         slopes = []
         for (spec, precision), retention in self.measured.items():
-            folds = math.log(self.teacher_params / max(self.params.get(spec, 1), 1))
+            folds = math.log(self.teacher_flops / max(self.flops.get(spec, 1), 1))
             if precision == "fp32" and folds > 0.05:
                 slopes.append(max(0.0, 1.0 - min(retention, 1.0)) / folds)
         return statistics.median(slopes) if slopes else PRIOR_LOSS_PER_EFOLD
@@ -68,7 +69,7 @@ class Accuracy:
             return self.measured[(spec, precision)]
         if (spec, "fp32") in self.measured:
             return self.measured[(spec, "fp32")] - PRECISION_PENALTY.get(precision, 0.02)
-        folds = math.log(max(self.teacher_params, 1) / max(candidate.params, 1))
+        folds = math.log(max(self.teacher_flops, 1) / max(candidate.flops, 1))
         return 1.0 - self.loss_per_efold() * max(folds, 0.0) - PRECISION_PENALTY.get(precision, 0.02)
 
 

@@ -14,7 +14,7 @@ from edge_distill.search import Accuracy, Search
 from edge_distill.students import StudentSpec
 
 FP32, INT8 = Option("onnx", "fp32"), Option("onnx", "int8")
-TEACHER_PARAMS = 20_000_000
+TEACHER_FLOPS = 200_000_000
 
 
 def candidate(layers: int, params: int, flops: int) -> Candidate:
@@ -33,7 +33,7 @@ def search(latency_ms: float = 60.0, size_mb: float = 100.0, min_retention: floa
     latencies = {FP32: LatencyModel(device_gflops=None), INT8: LatencyModel(device_gflops=None)}
     latencies[INT8].device_gflops = 2.0
     budget = Budget(latency_ms, 1000.0, size_mb, {}, min_retention=min_retention)
-    return Search([LARGE, MEDIUM, SMALL], [FP32, INT8], latencies, Accuracy(TEACHER_PARAMS), budget)
+    return Search([LARGE, MEDIUM, SMALL], [FP32, INT8], latencies, Accuracy(TEACHER_FLOPS), budget)
 
 
 def finished(s: Search, index: int, cand: Candidate, option: Option, **values: float) -> dict:
@@ -108,7 +108,7 @@ def test_nothing_left_that_could_beat_what_fits_ends_the_search() -> None:
 
 
 def test_retention_prior_is_refitted_on_measured_students() -> None:
-    accuracy = Accuracy(TEACHER_PARAMS)
+    accuracy = Accuracy(TEACHER_FLOPS)
     before = accuracy.predict(SMALL, "fp32")
     accuracy.observe(MEDIUM, "fp32", 0.80)  # far worse than the prior says
     after = accuracy.predict(SMALL, "fp32")
