@@ -108,8 +108,8 @@ def run_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a fast trial: the teacher's cost predicted, no probes or up-front target check, only the "
-        "winning target ships, 20 timing runs",
+        help="a fast trial: the teacher's cost predicted, no up-front target check, only the winning "
+        "target ships, 20 timing runs",
     )
     parser.add_argument(
         "--config", type=Path, help="TOML file with a [budget] table (below the command line)"

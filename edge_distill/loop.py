@@ -88,8 +88,8 @@ class Job:
     data_record: dict[str, Any] = field(default_factory=dict)  # how to load the data again (export)
     device: Device | None = None  # every artifact is also timed here; the loop decides on that
     command: list[str] | None = None  # the command line, kept so that `--resume RUN` alone continues it
-    # a fast trial: the teacher's cost predicted, no probes or up-front target check, only the winning
-    # target ships, fewer timing runs
+    # a fast trial: the teacher's cost predicted, no up-front target check, only the winning target
+    # ships, fewer timing runs
     quick: bool = False
 
     @property
@@ -206,7 +206,7 @@ def prepare(job: Job, work: Path, reporter: Reporter, coordinator: Coordinator |
     ctx.latencies = latencies
     ctx.teacher_info = measure_teacher(ctx)
     ctx.cutter = make_cutter(job, inputs)
-    ctx.candidates = cost_candidates(ctx.cutter, seq_len=job.sequence_length)
+    ctx.candidates = cost_candidates(ctx.cutter, seq_len=job.sequence_length, cache=features_cache(job))
     ctx.search = Search(ctx.candidates, options, latencies, Accuracy(ctx.teacher_info["flops"]), job.budget)
     if ctx.search.next_action() is None:
         nothing_fits_before_training(ctx)
@@ -222,6 +222,13 @@ def prepare(job: Job, work: Path, reporter: Reporter, coordinator: Coordinator |
         ctx.teacher_info["generation"] = speed
     reporter.say(teacher_line(ctx))
     return ctx
+
+
+def features_cache(job: Job) -> Path:
+    """Where the candidates' counted costs are kept between runs of the same teacher, data and length."""
+    settings = {"seq_len": job.sequence_length, "width": job.width, "trim": job.trim_vocab, "features": 1}
+    key = cache_key(job.teacher.fingerprint(), job.data.fingerprint(), settings)
+    return cache_root() / "candidate-costs" / f"{key[:32]}.json"
 
 
 def shipment(ctx: Context, trimmed: bool) -> ShipData:
@@ -400,7 +407,7 @@ def choose(ctx: Context) -> Any:
     precision: cost does not depend on the weights, so a candidate that then misses costs no training."""
     while True:
         action = ctx.search.next_action()
-        if action is None or action.kind == "lower-precision" or not ctx.job.probe or ctx.job.quick:
+        if action is None or action.kind == "lower-precision" or not ctx.job.probe:
             return action
         candidate, option = action.candidate, action.option
         if ctx.latencies[option].exact(candidate.flops, candidate.params) is not None:

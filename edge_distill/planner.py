@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -123,15 +124,28 @@ def model_cost(model: torch.nn.Module, seq_len: int) -> Features:
     return model_features(model, example)
 
 
-def cost_candidates(cutter: Cutter, *, seq_len: int) -> list[Candidate]:
+def cost_candidates(cutter: Cutter, *, seq_len: int, cache: Path | None = None) -> list[Candidate]:
     """Params and FLOPs of every student the cutter can build (depth, width and vocabulary mixed),
-    largest first; each is built at random init, which is cheap and costs the same as trained."""
-    candidates = []
+    largest first; each is built at random init, which is cheap and costs the same as trained.
+
+    Counts depend on the shapes only, so with ``cache`` (a JSON file keyed by teacher, data and sequence
+    length) a later run of the same job reads them instead of tracing every candidate again.
+    """
+    import json
+
+    from edge_distill.atomic import write_json_atomic
+
+    known = json.loads(cache.read_text()) if cache is not None and cache.is_file() else {}
+    candidates, counted = [], {}
     for spec in cutter.space():
-        features = model_cost(cutter.untrained(spec), seq_len)
+        key = json.dumps(spec.as_dict(), sort_keys=True)
+        features = Features(**known[key]) if key in known else model_cost(cutter.untrained(spec), seq_len)
+        counted[key] = features.as_dict()
         candidates.append(
             Candidate(spec=spec, params=features.params, flops=features.flops, features=features)
         )
+    if cache is not None and counted != known:
+        write_json_atomic(cache, counted)
     return candidates
 
 

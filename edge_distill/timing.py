@@ -106,8 +106,7 @@ def host_reference(ctx: Context) -> HostReference | None:
     this host (nothing to carry). A quick run (fewer timing runs) times it once and reuses it."""
     if ctx.job.profile.measured:
         return None
-    quick = ctx.job.profile_runs < 50
-    if quick and ctx.references:
+    if ctx.job.quick and ctx.last_reference is not None:
         return ctx.last_reference
     ctx.last_reference = measure_host_reference(cache_root())
     return ctx.last_reference

@@ -19,7 +19,7 @@ from edge_distill.profiles import available_profiles
 MICROCONTROLLERS = {"esp32-s3", "stm32h7"}
 # The floor is relaxed here: 8 examples per class and one epoch make the test split (10 texts) too small to
 # judge retention by; the floor itself is tested on its own (test_cli.py, test_search.py).
-FAST = ["--quick", "--max-per-class", "8", "--epochs", "1", "--seq-len", "32", "--max-rounds", "2"]
+FAST = ["--quick", "--max-per-class", "8", "--epochs", "1", "--seq-len", "32", "--max-rounds", "3"]
 FAST += ["--min-retention", "0.2", "--lr", "5e-4"]
 
 

@@ -94,6 +94,18 @@ def test_candidates_cost_fewer_flops_and_params_than_teacher(teacher: torch.nn.M
     assert artifact_mb(params) == pytest.approx(params * 4 / 2**20)
 
 
+def test_candidate_costs_are_read_back_from_their_cache(
+    teacher: torch.nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edge_distill.planner as planner
+
+    cutter = Cutter(teacher, get_family("sequence-classification"))
+    cache = tmp_path / "costs.json"
+    counted = cost_candidates(cutter, seq_len=32, cache=cache)
+    monkeypatch.setattr(planner, "model_cost", lambda *a: pytest.fail("traced again despite the cache"))
+    assert cost_candidates(cutter, seq_len=32, cache=cache) == counted
+
+
 def timing(p50: float, p90: float, memory: float) -> LatencyProfile:
     return LatencyProfile(p50, p90, p90 * 1.1, p50, 50, 10, 5.0, memory, 1.0, 2, "onnxruntime", "1.31.1")
 
