@@ -288,6 +288,8 @@ def teacher_line(ctx: Context) -> str:
         "measured-host": "measured on this host",
         "measured-device": f"measured on {info.get('device')}",
     }.get(info["latency_source"], f"predicted on {ctx.job.profile.name}")
+    if ctx.job.quick:
+        where += " (not timed: --quick)"
     return (
         f"Teacher ({ctx.job.family.name}): {info['params'] / 1e6:.1f}M params, "
         f"{info['metric']['name']} {info['metric']['value']:.3f} on held-out data; "

@@ -320,7 +320,7 @@ def test_loop_shrinks_after_a_measured_miss(
 ) -> None:
     out_dir = tmp_path / "run"
     args = unprobed_size_miss(tiny_teacher_dir, tiny_csv)
-    code, _out, err = run(capsys, *args, "--out", str(out_dir), *QUICK)
+    code, _out, err = run(capsys, *args, "--out", str(out_dir), *FAST)
     assert code == 0, err
     report = json.loads((out_dir / "report.json").read_text())
     first, second = report["rounds"]
@@ -400,12 +400,15 @@ def test_interrupt_leaves_nothing_half_written_and_resume_finishes_the_same(
 
 
 def test_probe_skips_a_candidate_without_training(
-    tiny_teacher_dir: Path, tiny_csv: Path, tmp_path: Path, capsys
+    tiny_teacher_dir: Path, tiny_csv: Path, tmp_path: Path, capsys, optimistic_size
 ) -> None:
     out_dir = tmp_path / "run"
     size = f"{shrink_budget(tiny_teacher_dir):.6f}"
     args = [*pair(tiny_teacher_dir, tiny_csv), "--profile", "host", "--size-mb", size, "--out", str(out_dir)]
-    code, out, err = run(capsys, *args, *FAST, "--no-vocab-trim")  # else a trimmed teacher shape fits first
+    # --no-vocab-trim: else a trimmed teacher shape fits first; one target and precision: else the probed
+    # shape fits at a lower precision, and no smaller student is needed
+    args += ["--no-vocab-trim", "--target", "onnx", "--precision", "fp32"]
+    code, out, err = run(capsys, *args, *FAST)
     assert code == 0, err
     report = json.loads((out_dir / "report.json").read_text())
     assert not report["probes"][0]["fits"] and report["probes"][0]["size_mb"] > float(size)
@@ -430,7 +433,7 @@ def test_resume_run_alone_continues_after_the_last_finished_round(
         return real(*args, **kwargs)
 
     out_dir = tmp_path / "run"
-    args = [*unprobed_size_miss(tiny_teacher_dir, tiny_csv), "--quick", *FAST]
+    args = [*unprobed_size_miss(tiny_teacher_dir, tiny_csv), *FAST]
     monkeypatch.setattr(training, "distill", interrupted_in_round_2)
     code, _, err = run(capsys, *args, "--out", str(out_dir))
     assert code == 130 and "1 finished round(s)" in err and f"--resume {out_dir}" in err

@@ -16,7 +16,17 @@ def test_demo_on_raspberry_pi_fits_the_budget_it_reports(
 ) -> None:
     out_dir = tmp_path / "run"
     code = main(
-        ["--profile", "raspberry-pi", "--max-per-class", "40", "--epochs", "3", "--out", str(out_dir)]
+        [
+            "--profile",
+            "raspberry-pi",
+            "--max-per-class",
+            "40",
+            "--epochs",
+            "3",
+            "--quick",
+            "--out",
+            str(out_dir),
+        ]
     )
     out, err = capsys.readouterr()
     assert code == 0, err
