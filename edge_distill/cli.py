@@ -271,7 +271,12 @@ def parse_run_args(argv: list[str]) -> argparse.Namespace:
         run = Path(args.resume)
         bare = [a for a in argv if a not in ("--resume", args.resume, "--json")]
         stored = stored_command(run)
-        if not bare and stored is not None:
+        if not bare and stored is None:
+            raise EdgeDistillError(
+                f"No interrupted command-line run to resume at {run} (no .{run.name}.partial/command.json "
+                "beside it); give the run's folder, or repeat the whole command with --resume."
+            )
+        if not bare:
             args = run_parser().parse_args([*stored, *(["--json"] if args.json else [])])
             args.argv = stored
         args.out, args.resume = run, True
