@@ -22,7 +22,9 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import platform
 import statistics
 from dataclasses import dataclass, field
@@ -199,6 +201,10 @@ class LatencyModel:
     # the reference workload's speed on this host at every timing of the run: shared by the models of
     # one run's targets and precisions, so that one never timed yet still scales to the device
     references: list[float] = field(default_factory=list)
+    # this run's measured models (features, host p90): a prediction is scaled by how far off it was for
+    # the measured model nearest in FLOPs, so stored calibration of very different models cannot mislead
+    # a run for long
+    observed: list[tuple[Features, float]] = field(default_factory=list)
 
     def observe(
         self, measurement: Measurement, features: Features | None = None, **point: Any
@@ -212,6 +218,7 @@ class LatencyModel:
             self.references.append(measurement.ref_gflops)
         if features is not None and self.host is not None:
             self.host.observe(self._point(self.host, features, "measured-host", point["host"]))
+            self.observed.append((features, measurement.host_ms))
         if features is not None and self.device is not None and point.get("device") is not None:
             self.device.observe(self._point(self.device, features, "measured-device", point["device"]))
         return measurement
@@ -259,7 +266,7 @@ class LatencyModel:
         if self.host is None:  # nothing to calibrate with: FLOPs at the device's reference throughput
             return {"latency_ms": features.flops / ((self.device_gflops or 1.0) * 1e6), "memory_mb": 0.0,
                     "source": "FLOPs at the profile's throughput", "latency_error": 1.0}  # fmt: skip
-        p = self.host.predict(features)
+        p = self._host_prediction(features)
         ref = self._reference_gflops()
         if self.device_gflops is None or ref is None:
             return {
@@ -275,6 +282,25 @@ class LatencyModel:
             "memory_mb": p.memory_mb,
             **_provenance(latency, p, source, TRANSFER_ERROR),
         }
+
+    def _host_prediction(self, features: Features) -> Prediction:
+        """The host predictor's prediction, scaled by its error on this run's nearest measured model."""
+        p = self.host.predict(features)
+        if not self.observed:
+            return p
+
+        def distance(entry: tuple[Features, float]) -> float:
+            return abs(math.log(max(entry[0].flops, 1) / max(features.flops, 1)))
+
+        nearest, measured = min(self.observed, key=distance)
+        predicted = self.host.predict(nearest).p90_ms
+        correction = measured / predicted if predicted > 0 else 1.0
+        if abs(correction - 1.0) < 0.02:
+            return p
+        source = f"{p.source}, x{correction:.2f} as measured on this run's nearest model"
+        return dataclasses.replace(
+            p, p50_ms=p.p50_ms * correction, p90_ms=p.p90_ms * correction, source=source
+        )
 
     def calibration(self, measurement: Measurement | None = None) -> dict[str, object]:
         """What a `predicted` latency rests on: for one measurement, or the run as a whole."""

@@ -143,3 +143,25 @@ def test_latency_model_uses_measurements_then_scaled_calibrated_predictions() ->
     assert "ssh://pi@pi" in with_device.predict(small)["source"]
     # the host itself: no scaling
     assert LatencyModel(device_gflops=None).device_ms(12.0, 80.0) == 12.0
+
+
+def test_a_run_corrects_predictions_by_its_nearest_measured_model() -> None:
+    from edge_distill.predictor import Point
+
+    host = Predictor("host:test|2 threads", "onnx", "fp32", Prior(gflops=50.0, bandwidth_gbs=10.0), None)
+    for i in range(1, 6):  # calibration from earlier runs: tiny models, each as fast as the prior says
+        tiny = Features(10_000_000 * i, 1_000_000 * i, 2**20 * i, 0, 100_000 * i)
+        p = host.predict(tiny)
+        host.observe(Point("host:test|2 threads", "onnx", "fp32", tiny, p.p50_ms, p.p90_ms, 50.0,
+                           "measured-host", "1.31.1", 2))  # fmt: skip
+    model = LatencyModel(device_gflops=None, host=host)
+    big = Features(4_000_000_000, 400_000_000, 80 * 2**20, 0, 20_000_000)
+    near = Features(3_000_000_000, 300_000_000, 60 * 2**20, 0, 15_000_000)
+    before = model.predict(near)["latency_ms"]
+    measured = 3 * host.predict(big).p90_ms  # this run's big model is three times slower than predicted
+    model.observe(Measurement(big.flops, measured, 300.0, 80.0, 0.0, big.params), big,
+                  host=timing(measured / 1.1, measured, 300.0))  # fmt: skip
+    after = model.predict(near)
+    ratio = measured / host.predict(big).p90_ms  # the error left on the measured model after refitting
+    assert after["latency_ms"] == pytest.approx(host.predict(near).p90_ms * ratio, rel=1e-6)
+    assert after["latency_ms"] > 1.5 * before and "as measured on this run's nearest model" in after["source"]
