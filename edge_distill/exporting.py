@@ -30,6 +30,7 @@ from edge_distill.errors import DataError, EdgeDistillError, ExportError
 from edge_distill.families import Family, get_family
 from edge_distill.profiles import DeviceProfile
 from edge_distill.shipping import ShipData, ship
+from edge_distill.students import StudentSpec
 from edge_distill.targets.base import TARGETS, Metric, check_precision, get_target
 
 if TYPE_CHECKING:
@@ -261,10 +262,35 @@ def check_targets(ctx: Context) -> list[str]:
     return ok
 
 
+def other_precision(ctx: Context, winner: dict[str, Any], name: str) -> tuple[str, dict[str, Any]]:
+    """The precision the winner ships at on target ``name``, and whether it fits there: its own for the
+    winning target; elsewhere the one predicted to fit with the best predicted accuracy, else the winner's
+    precision (or the target's first) predicted to miss, said in ``fits_budget``."""
+    if name == winner["target"]:
+        return winner["precision"], {"p90_ms": winner["latency_ms"]["p90"], "fits_budget": True}
+    offered = get_target(name).precisions
+    fallback = winner["precision"] if winner["precision"] in offered else offered[0]
+    spec = StudentSpec(**_shape(winner["student"]))
+    candidate = next((c for c in ctx.candidates if c.spec == spec), None)
+    options = [o for o in ctx.search.options if o.target == name] if candidate is not None else []
+    forecasts = {o.precision: ctx.search.forecast(candidate, o) for o in options}
+    fitting = [p for p, f in forecasts.items() if ctx.search.fits(f)]
+    precision = max(fitting, key=lambda p: forecasts[p]["retention"]) if fitting else fallback
+    if precision not in forecasts:
+        return precision, {"p90_ms": None, "fits_budget": None}
+    forecast = forecasts[precision]
+    return precision, {"p90_ms": round(forecast["latency_ms"], 3), "fits_budget": bool(fitting)}
+
+
+def _shape(student: dict[str, Any]) -> dict[str, Any]:
+    keys = ("layers", "hidden", "heads", "intermediate", "vocab")
+    return {k: student.get(k) for k in keys}
+
+
 def ship_winner(ctx: Context, winner: dict[str, Any], targets: Sequence[str]) -> list[dict[str, Any]]:
     """Bundle the winning student for each target into artifacts/<target>-<precision>/: the winning
-    round's own verified bundle for its target, and the same precision (or the target's default, when it
-    does not offer that one) for the others. A quick job ships the winning target only.
+    round's own verified bundle for its target, and for the others the precision predicted to fit there
+    (``other_precision``). A quick job ships the winning target only.
 
     A target that fails here (after passing the untrained check) is reported, not fatal: the others ship.
     """
@@ -279,8 +305,7 @@ def ship_winner(ctx: Context, winner: dict[str, Any], targets: Sequence[str]) ->
     shipped = []
     shutil.rmtree(ctx.work / "artifacts", ignore_errors=True)  # a resumed run may have begun shipping
     for name in [winner["target"]] if job.quick else targets:
-        offered = get_target(name).precisions
-        precision = winner["precision"] if winner["precision"] in offered else offered[0]
+        precision, forecast = other_precision(ctx, winner, name)
         bundle = f"{name}-{precision}"
         try:
             if name == winner["target"]:
@@ -302,6 +327,7 @@ def ship_winner(ctx: Context, winner: dict[str, Any], targets: Sequence[str]) ->
                 "size_mb": meta["size_mb"],
                 "verification": verification["status"],
                 "max_abs_diff": verification["max_abs_diff"],
+                **forecast,
             }
         )
         ctx.reporter.say(
