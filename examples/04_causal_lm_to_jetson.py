@@ -1,7 +1,7 @@
 """A small causal language model for a Jetson Orin Nano, through the main loop, from unlabelled text.
 
-Run: python examples/04_causal_lm_to_jetson.py [--out DIR]   (offline; SmolLM2-135M: about 15 min on 2 cores)
-     python examples/04_causal_lm_to_jetson.py --quick       (a tiny Llama trained here: about 40 s; CI)
+Run: python examples/04_causal_lm_to_jetson.py [--out DIR]   (offline; SmolLM2-135M: 16 min on 2 cores)
+     python examples/04_causal_lm_to_jetson.py --quick       (a tiny Llama trained here: about 25 s; CI)
      python examples/04_causal_lm_to_jetson.py --teacher DIR --data FILE   (your causal LM and your text)
 
 The causal-LM family needs no labels: the next token is the label. The script writes a JSONL file of BBC
@@ -21,11 +21,20 @@ Then one call, as with your own files::
 distils students cut by depth from the teacher (token-level KD from its cached top-k logits; the full run
 adds ``teacher_text``: the teacher writes some training text itself, sequence-level KD), exports them to
 ONNX (the Jetson profile's target), and keeps the one that fits. A causal LM is timed as one forward pass
-over ``seq_len`` tokens (the prompt's prefill), hence the budget given here instead of the profile's 10 ms.
+over ``seq_len`` tokens (the prompt's prefill), hence the budget given here instead of the profile's 10 ms
+(SmolLM2: 200 ms for 64 tokens; the tiny Llama: the profile's 10 ms for 32 tokens).
 
 It prints the teacher's and the student's held-out perplexity, the retention (teacher perplexity / student
 perplexity), their sizes, the (predicted) p90 latency on the Jetson, every round and the chosen artifact;
 ``--json`` prints one JSON object instead.
+
+Measured (SmolLM2, 16 min on 2 cores shared with other jobs): teacher 134.5M params, held-out perplexity
+61.9, p90 342 ms predicted on the Jetson's CPU; the loop chose 10 of 30 layers (63.7M params: the tied
+49,152 x 576 embedding stays whole), p90 153 ms predicted, 244 MB, ONNX bundle verified; its perplexity,
+1,343, keeps 4.6% of the teacher's. Cutting two thirds of a small LM's depth costs most of its quality,
+and 48 steps over 256 short texts (240 paragraphs, 16 written by the teacher) repair little of it: allow
+more latency (more layers) and train far longer (``distill_causal_lm.py`` trains 8 layers for 39 min:
+43.8 -> 774).
 """
 
 from __future__ import annotations
