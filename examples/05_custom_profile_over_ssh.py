@@ -3,7 +3,8 @@
 Run: python examples/05_custom_profile_over_ssh.py --device ssh://user@board.local [--out DIR]
      python examples/05_custom_profile_over_ssh.py                 (no board: times it on this host)
      python examples/05_custom_profile_over_ssh.py --device ssh://user@board.local --run-job
-     (offline; profiling alone takes about 15 s on 2 cores, --run-job adds about 1 min)
+     (offline; profiling alone takes about 15 s on 2 cores, --run-job adds about 1 min; --quick: fewer
+     timed runs, and a fast trial of the loop, 10 s more; CI runs --quick --run-job against a local sshd)
 
 What it does:
 
@@ -186,6 +187,7 @@ def run_job(args: argparse.Namespace, board: DeviceProfile, device: Any) -> dict
         "round": result["round"],
         "artifact": str(args.out / "run" / result["artifact"]),
         "student": chosen["student"],
+        "teacher_params": report["teacher"]["params"],
         "latency_ms": chosen["latency_ms"],
         "latency_source": chosen["latency_source"],
         "device": chosen.get("device"),
@@ -247,9 +249,11 @@ def summary(result: dict[str, Any]) -> str:
     if result["job"]:
         j = result["job"]
         s = j["student"]
+        vocab = f", vocab {s['vocab']:,}" if s.get("vocab") else ""
         lines.append(
             f"Fit loop with device=: {j['rounds']} round(s); round {j['round']} student {s['layers']} "
-            f"layers x {s['hidden']}, p90 {j['latency_ms']['p90']:.2f} ms {j['latency_source']} "
+            f"layers x {s['hidden']}{vocab}, {s['params'] / 1e6:.2f}M params (teacher "
+            f"{j['teacher_params'] / 1e6:.2f}M), p90 {j['latency_ms']['p90']:.2f} ms {j['latency_source']} "
             f"on {j['device']}; artifact {j['artifact']}"
         )
     lines.append(f"wall time {result['seconds']} s")

@@ -138,9 +138,8 @@ def test_05_custom_profile_profiled_over_ssh(
     python = shared_venv(tmp_path_factory, ORT)  # the device: numpy and onnxruntime, no torch
     out = tmp_path / "board"
     device = ["--device", sshd.url, "--ssh-config", str(sshd.config_file), "--device-python", str(python)]
-    result = last_json(
-        run_example("05_custom_profile_over_ssh.py", "--quick", *device, "--out", str(out), "--json")
-    )
+    args = ["--quick", "--run-job", *device, "--out", str(out), "--json"]
+    result = last_json(run_example("05_custom_profile_over_ssh.py", *args))
     profile = result["profile"]
     assert profile["name"] == "acme-a55-board" and Path(profile["path"]) == out / "acme-a55-board.toml"
     assert all(figure["source"] for figure in profile["hardware"].values() if figure["value"] is not None)
@@ -158,4 +157,9 @@ def test_05_custom_profile_profiled_over_ssh(
     budget = measured["budget"]
     assert budget["profile"] == "acme-a55-board" and budget["checks"]["size_mb"]["limit"] == 20
     assert budget["checks"]["latency_ms"]["value"] == pytest.approx(measured["latency_ms"]["p90"], rel=1e-3)
-    assert list(sshd.remote_tmp.glob("edge-distill.*")) == []  # the device's temp dir was removed
+    job = result["job"]  # the fit loop for the custom profile, every round timed on the device
+    assert job["fits"] and job["latency_source"] == "measured-device" and job["device"] == sshd.url
+    assert job["student"]["params"] < job["teacher_params"] and Path(job["artifact"]).is_file()
+    report = json.loads((out / "run" / "report.json").read_text())
+    assert report["profile"]["name"] == "acme-a55-board" and report["device"] == {"name": sshd.url}
+    assert list(sshd.remote_tmp.glob("edge-distill.*")) == []  # the device's temp dirs were removed
