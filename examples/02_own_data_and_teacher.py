@@ -172,9 +172,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             args.out.with_name(args.out.name + "-inputs"), quick=args.quick, preset=preset
         )
     # --quick: only the ONNX target (the Pi 5 also takes LiteRT and ExecuTorch: each export costs seconds),
-    # fewer timing runs; its students are scored on 20 test articles, where one article is 5 points of
-    # accuracy, so they must keep half the teacher's accuracy instead of the default 95%
-    quick = {"targets": ["onnx"], "budget": {"min_retention": 0.5}, "quick": True} if args.quick else {}
+    # fewer timing runs; its students train one short epoch and are scored on 20 test articles, where one
+    # article is 5 points of accuracy, so the floor is 20% of the teacher's accuracy instead of 95%
+    quick = {"targets": ["onnx"], "budget": {"min_retention": 0.2}, "quick": True} if args.quick else {}
     report = fit_to_device(
         PROFILE,
         teacher=str(teacher),

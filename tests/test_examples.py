@@ -91,7 +91,7 @@ def test_02_own_csv_and_teacher_folder_to_a_pi_5(tmp_path: Path) -> None:
     assert report["data"]["source"].endswith("news.csv") and report["data"]["labeled"]
     chosen = check_shipped(report, out)
     assert chosen["student"]["params"] < report["teacher"]["params"]
-    assert result["teacher"]["accuracy"] > 0.4 and result["student"]["accuracy"] > 0.4  # chance: 0.2
+    assert result["teacher"]["accuracy"] > 0.5 and result["student"]["accuracy"] > 0.3  # chance: 0.2
     assert result["fits"] and result["artifact"] == str(out / report["result"]["artifact"])
 
 
