@@ -1,13 +1,12 @@
-"""Costing candidate students against a budget, and picking the next one to train.
+"""Costing candidate students against a budget (``edge_distill.search`` picks the next one to try).
 
 Example:
     >>> candidates = cost_candidates(Cutter(teacher.model, family), seq_len=128)   # doctest: +SKIP
-    >>> pick(candidates, budget, latency_model, tried=[])                 # doctest: +SKIP
+    >>> predict(candidates[0], latency_model, "int8")["latency_ms"]       # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -149,12 +148,6 @@ def cost_candidates(cutter: Cutter, *, seq_len: int, cache: Path | None = None) 
     return candidates
 
 
-def predicted_misses(candidate: Candidate, budget: Budget, latency: LatencyModel) -> list[Miss]:
-    """The budgets ``candidate`` is predicted to miss (empty when it is predicted to fit)."""
-    predicted = predict(candidate, latency)
-    return misses(predicted, budget)
-
-
 def predict(candidate: Candidate, latency: LatencyModel, precision: str = "fp32") -> dict[str, Any]:
     """Device p90 latency, runtime memory and artifact size at ``precision`` (``latency`` is the model of
     the target at that precision): measured figures where this shape was timed there, else the calibrated
@@ -179,36 +172,3 @@ def misses(values: dict[str, Any], budget: Budget) -> list[Miss]:
         if value is not None and limit is not None and value < limit:
             missed.append(Miss(name, value, limit))
     return missed
-
-
-def pick(
-    candidates: Sequence[Candidate],
-    budget: Budget,
-    latency: LatencyModel,
-    *,
-    ceilings: dict[str, float],
-) -> Candidate | None:
-    """The largest candidate predicted to fit and strictly below every ceiling set by failed rounds.
-
-    ``ceilings`` maps "flops"/"params" to the value of a student that missed on latency/size-or-memory.
-    """
-    for candidate in candidates:
-        if candidate.flops >= ceilings.get("flops", float("inf")):
-            continue
-        if candidate.params >= ceilings.get("params", float("inf")):
-            continue
-        if not predicted_misses(candidate, budget, latency):
-            return candidate
-    return None
-
-
-def closest_miss(
-    candidates: Sequence[Candidate], budget: Budget, latency: LatencyModel
-) -> tuple[Candidate, list[Miss]]:
-    """The candidate that misses the budget by the least (relative), for the "nothing fits" message."""
-
-    def badness(candidate: Candidate) -> float:
-        return sum(m.value / m.limit for m in predicted_misses(candidate, budget, latency))
-
-    best = min(candidates, key=badness)
-    return best, predicted_misses(best, budget, latency)

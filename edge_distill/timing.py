@@ -41,13 +41,6 @@ class Timed(NamedTuple):
     device_error: str | None = None
 
 
-def latency_model(job: Job) -> LatencyModel:
-    """The latency model of the job's measuring target at fp32 (see ``latency_models``)."""
-    from edge_distill.planner import Option
-
-    return latency_models(job, [Option(job.target, "fp32")])[Option(job.target, "fp32")]
-
-
 def latency_models(job: Job, options: list[Option]) -> dict[Option, LatencyModel]:
     """One latency model per (target, precision): measured figures, else predictions calibrated for this
     host and for the connected device. They share the reference workload's timings, so a target not timed
