@@ -26,7 +26,7 @@ Measured on 2 cores shared with other jobs (load average about 3): the full run 
 building the demo teacher (first run only; cached after) 5 min and training the student 11 min (on an
 idle host the README's demo takes about 3 min with the teacher cached); it chose 4 layers x 384 (19.2M
 params, accuracy 0.987 against the teacher's 0.978), p90 34.4 ms predicted on the Pi 4 against a 40 ms
-budget, and shipped verified ONNX, LiteRT and ExecuTorch bundles. ``--quick`` takes 25-35 s (a 20 ms
+budget, and shipped verified ONNX, LiteRT and ExecuTorch bundles. ``--quick`` takes about 50 s (a 30 ms
 budget at 64 tokens, scored on 5 test articles, too few to hold students to an accuracy floor; the
 loop's quick mode predicts the teacher's cost instead of timing it and ships the winning target only).
 """
@@ -165,14 +165,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="8 articles per topic, 1 epoch (CI)")
     parser.add_argument("--max-per-class", type=int, help="articles per topic (default: all; --quick: 8)")
     parser.add_argument("--epochs", type=int, help="distillation epochs (default 3; --quick: 1)")
-    parser.add_argument("--latency-ms", type=float, help="p90 budget on the Pi 4 (default 40; --quick: 20)")
+    parser.add_argument("--latency-ms", type=float, help="p90 budget on the Pi 4 (default 40; --quick: 30)")
     parser.add_argument("--out", type=Path, default=Path("runs/demo-step-by-step"), help="the run folder")
     parser.add_argument("--json", action="store_true", help="also print a JSON summary as the last line")
     args = parser.parse_args()
     args.max_per_class = args.max_per_class or (8 if args.quick else None)
     args.epochs = args.epochs or (1 if args.quick else 3)
-    # --quick runs half the profile's sequence length (64 tokens), so half the work per inference: 20 ms
-    args.latency_ms = args.latency_ms or (20.0 if args.quick else 40.0)
+    # --quick runs half the profile's sequence length (64 tokens), so less work per inference: 30 ms keeps
+    # the chosen student well below the teacher (38 ms predicted at 64 tokens) and, with the latency still
+    # uncalibrated in a fresh cache, usually fits in the first round (20 ms often took two or three)
+    args.latency_ms = args.latency_ms or (30.0 if args.quick else 40.0)
     try:
         report = run(args)
     except EdgeDistillError as error:  # bad input, or no student fits: one sentence, as on the CLI
