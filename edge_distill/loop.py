@@ -125,6 +125,7 @@ class Context:
     students: dict[int, torch.nn.Module] = field(default_factory=dict)  # round -> its trained student
     folder: RunFolder | None = None
     last_reference: Any = None  # the reference workload's latest timing on this host (cost.HostReference)
+    teacher_features: Any = None  # the teacher's counted cost (cost.Features)
 
     def student_of(self, index: int) -> torch.nn.Module:
         """The student round ``index`` distilled: in memory, or loaded from its folder after a resume."""
@@ -153,6 +154,7 @@ def run_job(job: Job, reporter: Reporter | None = None) -> dict[str, Any] | None
             ctx = prepare(job, work, reporter, coordinator)
             ctx.folder = folder
             rounds, winner = run_rounds(ctx)
+            repredict_teacher(ctx)
             report = build_report(ctx, rounds, winner)
             write_report(work, report)
     finally:
@@ -300,7 +302,7 @@ def teacher_line(ctx: Context) -> str:
 def measure_teacher(ctx: Context) -> dict[str, Any]:
     """The teacher's cost on this host and (predicted) on the device; its metric is added later."""
     job = ctx.job
-    features = model_cost(job.teacher.model, job.sequence_length)
+    features = ctx.teacher_features = model_cost(job.teacher.model, job.sequence_length)
     if job.quick:  # a fast trial predicts the teacher's cost instead of exporting and timing it
         return predicted_teacher(ctx, features)
     timed = time_unsaved(ctx, job.teacher.model, features)
@@ -335,6 +337,23 @@ def predicted_teacher(ctx: Context, features: Any) -> dict[str, Any]:
         "peak_memory_mb": round(predicted["memory_mb"], 1),
         "load_ms": None,
     }
+
+
+def repredict_teacher(ctx: Context) -> None:
+    """``--quick``: predict the teacher's cost again once this run has measured students, whose errors
+    correct the prediction (before them it rests on stored calibration of other models alone)."""
+    info = ctx.teacher_info
+    if info.get("latency_source") != "predicted" or not ctx.latency.observed:
+        return
+    before = info["latency_ms"]["p90"]
+    info.update(predicted_teacher(ctx, ctx.teacher_features))
+    after = info["latency_ms"]["p90"]
+    if abs(after - before) > 0.1 * before:
+        verdict = "within budget" if after <= ctx.job.budget.latency_ms else "over budget"
+        ctx.reporter.say(
+            f"Teacher p90 predicted again from this run's measured students: {after:.0f} ms "
+            f"(was {before:.0f} ms before any measurement) -> {verdict}"
+        )
 
 
 def run_rounds(ctx: Context) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
