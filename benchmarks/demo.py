@@ -65,7 +65,8 @@ def main() -> None:
     t_acc, s_acc = teacher["metric"]["value"], student["metric"]["value"]
     t_params, s_params = teacher["params"], student["student"]["params"]
     print(f"profile              {report['profile']['name']}")
-    print(f"wall time            {wall:.0f} s  (teacher outputs: {report['teacher_outputs']['cache']})")
+    cached = report["teacher_outputs"]["train"]["cache"]
+    print(f"wall time            {wall:.0f} s  (teacher outputs: {cached})")
     print(f"rounds               {len(report['rounds'])}  (fits in round {result['round']})")
     print(f"accuracy             teacher {t_acc:.4f}  student {s_acc:.4f}  retention {s_acc / t_acc:.4f}")
     print(f"params               teacher {t_params / 1e6:.1f}M  student {s_params / 1e6:.1f}M", end="")

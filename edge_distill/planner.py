@@ -95,8 +95,10 @@ class Miss:
     def sentence(self) -> str:
         name = BUDGET_NAMES[self.budget]
         if self.floor:
-            gap = self.limit - self.value
-            return f"{name} {self.value:.1%} is under the {self.limit:.0%} floor by {gap:.1%}"
+            gap, limit = self.limit - self.value, f"{self.limit:.1%}".replace(".0%", "%")
+            value = f"{self.value:.1%}" if f"{self.value:.1%}" != f"{self.limit:.1%}" else f"{self.value:.2%}"
+            by = f"{gap:.1%}" if gap >= 0.0005 else "less than 0.1%"
+            return f"{name} {value} is under the {limit} floor by {by}"
         unit = BUDGET_UNITS[self.budget]
         over = self.value - self.limit
         return (

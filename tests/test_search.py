@@ -128,6 +128,16 @@ def test_floors_miss_below_and_say_by_how_much() -> None:
     assert [m.budget for m in misses(values, budget)] == ["retention"]
 
 
+def test_a_floor_missed_by_a_hair_does_not_read_as_missed_by_nothing() -> None:
+    budget = Budget(10.0, 100.0, 10.0, {}, min_retention=0.5)
+    values = {"latency_ms": 5.0, "memory_mb": 50.0, "size_mb": 5.0, "retention": 0.4996}
+    (miss,) = misses(values, budget)
+    assert miss.sentence == "retention 49.96% is under the 50% floor by less than 0.1%"
+    budget = Budget(10.0, 100.0, 10.0, {}, min_retention=0.945)
+    (miss,) = misses({**values, "retention": 0.93}, budget)
+    assert miss.sentence == "retention 93.0% is under the 94.5% floor by 1.5%"
+
+
 def test_accelerator_share_counts_ops_delegated_to_an_accelerator() -> None:
     coreml = {"delegated": {"CoreMLBackend": {"ops": {"aten.linear.default": 6, "aten.add.Tensor": 2}}}}
     coreml["portable"] = {"aten::embedding.out": 2}
