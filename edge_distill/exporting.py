@@ -28,6 +28,7 @@ from edge_distill.cut import export_module
 from edge_distill.data import TextDataset, load_demo_data, load_text_file
 from edge_distill.errors import DataError, EdgeDistillError, ExportError
 from edge_distill.families import Family, get_family
+from edge_distill.planner import Option, misses
 from edge_distill.profiles import DeviceProfile
 from edge_distill.shipping import ShipData, ship
 from edge_distill.students import StudentSpec
@@ -267,7 +268,8 @@ def other_precision(ctx: Context, winner: dict[str, Any], name: str) -> tuple[st
     winning target; elsewhere the one predicted to fit with the best predicted accuracy, else the winner's
     precision (or the target's first) predicted to miss, said in ``fits_budget``."""
     if name == winner["target"]:
-        return winner["precision"], {"p90_ms": winner["latency_ms"]["p90"], "fits_budget": True}
+        timed = {"p90_ms": winner["latency_ms"]["p90"], "latency_source": winner.get("latency_source")}
+        return winner["precision"], {**timed, "fits_budget": True}
     offered = get_target(name).precisions
     fallback = winner["precision"] if winner["precision"] in offered else offered[0]
     spec = StudentSpec(**_shape(winner["student"]))
@@ -285,6 +287,29 @@ def other_precision(ctx: Context, winner: dict[str, Any], name: str) -> tuple[st
 def _shape(student: dict[str, Any]) -> dict[str, Any]:
     keys = ("layers", "hidden", "heads", "intermediate", "vocab")
     return {k: student.get(k) for k in keys}
+
+
+def time_shipped(ctx: Context, winner: dict[str, Any], option: Option, artifact: Path) -> dict[str, Any]:
+    """Another target's bundle timed as a round's artifact is (on this host beside the reference workload,
+    and on the connected device), so its ``p90_ms`` and ``fits_budget`` are measured rather than predicted
+    from calibration of other models; {} for a target this host cannot run (Core ML off macOS)."""
+    from edge_distill.timing import latency_fields, time_on_host
+
+    spec = StudentSpec(**_shape(winner["student"]))
+    candidate = next((c for c in ctx.candidates if c.spec == spec), None)
+    latency = ctx.latencies.get(option)
+    if candidate is None or latency is None:
+        return {}
+    timed = time_on_host(ctx, artifact, candidate.cost_at(option.precision), latency)
+    fields, timing = latency_fields(ctx, timed, latency), timed.device or timed.profile
+    costs = {"latency_ms": fields["latency_ms"]["p90"], "memory_mb": timing.peak_memory_mb}
+    missed = misses(costs | {"size_mb": timing.size_mb}, ctx.job.budget)
+    return {
+        "p90_ms": fields["latency_ms"]["p90"],
+        "latency_source": fields["latency_source"],
+        "peak_memory_mb": None if timing.peak_memory_mb is None else round(timing.peak_memory_mb, 1),
+        "fits_budget": not [m for m in missed if not m.floor],
+    }
 
 
 def ship_winner(ctx: Context, winner: dict[str, Any], targets: Sequence[str]) -> list[dict[str, Any]]:
@@ -330,7 +355,14 @@ def ship_winner(ctx: Context, winner: dict[str, Any], targets: Sequence[str]) ->
                 **forecast,
             }
         )
-        ctx.reporter.say(
-            f"  shipped {shipped[-1]['path']} ({meta['size_mb']:.1f} MB, {verification['status']})"
-        )
+        if name != winner["target"]:
+            shipped[-1] |= time_shipped(ctx, winner, Option(name, precision), ctx.work / shipped[-1]["path"])
+        entry, timed = shipped[-1], ""
+        if entry.get("p90_ms") is not None:
+            source = {"measured-host": "measured on this host", "measured-device": "measured on the device"}
+            verdict = "fits" if entry["fits_budget"] else "over budget"
+            where = source.get(entry.get("latency_source", "predicted"), "predicted")
+            timed = f"; p90 {entry['p90_ms']:.1f} ms {where} -> {verdict}"
+        status = verification["status"]
+        ctx.reporter.say(f"  shipped {entry['path']} ({meta['size_mb']:.1f} MB, {status}{timed})")
     return shipped
