@@ -490,10 +490,9 @@ def is_main_rank() -> bool:
 def fits_line(report: dict[str, Any]) -> str:
     result = report["result"]
     winner = next(r for r in report["rounds"] if r["round"] == result["round"])
-    where = {
-        "measured-host": "measured on this host",
-        "measured-device": f"measured on {winner.get('device')}",
-    }.get(winner["latency_source"], f"predicted on {report['profile']['name']}")
+    from edge_distill.profiles import latency_where
+
+    where = latency_where(winner["latency_source"], winner.get("device"), report["profile"]["name"])
     retention = f" (retention {winner['retention']:.1%})" if winner["retention"] is not None else ""
     return (
         f"Fits: round {winner['round']}, {winner['student']['params'] / 1e6:.1f}M params, "

@@ -28,8 +28,8 @@ from edge_distill.cut import export_module
 from edge_distill.data import TextDataset, load_demo_data, load_text_file
 from edge_distill.errors import DataError, EdgeDistillError, ExportError
 from edge_distill.families import Family, get_family
-from edge_distill.planner import Option, misses
-from edge_distill.profiles import DeviceProfile
+from edge_distill.planner import Candidate, Option, misses
+from edge_distill.profiles import DeviceProfile, latency_where
 from edge_distill.shipping import ShipData, ship
 from edge_distill.students import StudentSpec
 from edge_distill.targets.base import TARGETS, Metric, check_precision, get_target
@@ -272,8 +272,7 @@ def other_precision(ctx: Context, winner: dict[str, Any], name: str) -> tuple[st
         return winner["precision"], {**timed, "fits_budget": True}
     offered = get_target(name).precisions
     fallback = winner["precision"] if winner["precision"] in offered else offered[0]
-    spec = StudentSpec(**_shape(winner["student"]))
-    candidate = next((c for c in ctx.candidates if c.spec == spec), None)
+    candidate = winner_candidate(ctx, winner)
     options = [o for o in ctx.search.options if o.target == name] if candidate is not None else []
     forecasts = {o.precision: ctx.search.forecast(candidate, o) for o in options}
     fitting = [p for p, f in forecasts.items() if ctx.search.fits(f)]
@@ -284,9 +283,11 @@ def other_precision(ctx: Context, winner: dict[str, Any], name: str) -> tuple[st
     return precision, {"p90_ms": round(forecast["latency_ms"], 3), "fits_budget": bool(fitting)}
 
 
-def _shape(student: dict[str, Any]) -> dict[str, Any]:
+def winner_candidate(ctx: Context, winner: dict[str, Any]) -> Candidate | None:
+    """The costed candidate the winning round trained (None if the run's candidates do not hold it)."""
     keys = ("layers", "hidden", "heads", "intermediate", "vocab")
-    return {k: student.get(k) for k in keys}
+    spec = StudentSpec(**{k: winner["student"].get(k) for k in keys})
+    return next((c for c in ctx.candidates if c.spec == spec), None)
 
 
 def time_shipped(ctx: Context, winner: dict[str, Any], option: Option, artifact: Path) -> dict[str, Any]:
@@ -295,9 +296,7 @@ def time_shipped(ctx: Context, winner: dict[str, Any], option: Option, artifact:
     from calibration of other models; {} for a target this host cannot run (Core ML off macOS)."""
     from edge_distill.timing import latency_fields, time_on_host
 
-    spec = StudentSpec(**_shape(winner["student"]))
-    candidate = next((c for c in ctx.candidates if c.spec == spec), None)
-    latency = ctx.latencies.get(option)
+    candidate, latency = winner_candidate(ctx, winner), ctx.latencies.get(option)
     if candidate is None or latency is None:
         return {}
     timed = time_on_host(ctx, artifact, candidate.cost_at(option.precision), latency)
@@ -359,9 +358,9 @@ def ship_winner(ctx: Context, winner: dict[str, Any], targets: Sequence[str]) ->
             shipped[-1] |= time_shipped(ctx, winner, Option(name, precision), ctx.work / shipped[-1]["path"])
         entry, timed = shipped[-1], ""
         if entry.get("p90_ms") is not None:
-            source = {"measured-host": "measured on this host", "measured-device": "measured on the device"}
+            device = ctx.job.device.name if ctx.job.device else None
+            where = latency_where(entry.get("latency_source"), device, ctx.job.profile.name)
             verdict = "fits" if entry["fits_budget"] else "over budget"
-            where = source.get(entry.get("latency_source", "predicted"), "predicted")
             timed = f"; p90 {entry['p90_ms']:.1f} ms {where} -> {verdict}"
         status = verification["status"]
         ctx.reporter.say(f"  shipped {entry['path']} ({meta['size_mb']:.1f} MB, {status}{timed})")

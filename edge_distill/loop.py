@@ -30,7 +30,7 @@ from edge_distill.distributed import Coordinator
 from edge_distill.errors import EdgeDistillError, NothingFitsError
 from edge_distill.families import Family, Fit, get_family
 from edge_distill.planner import Candidate, Option, cost_candidates, model_cost
-from edge_distill.profiles import Budget, DeviceProfile
+from edge_distill.profiles import Budget, DeviceProfile, latency_where
 from edge_distill.profiling import known
 from edge_distill.rundir import RunFolder
 from edge_distill.search import Accuracy, Search
@@ -286,10 +286,7 @@ def teacher_line(ctx: Context) -> str:
     info, budget = ctx.teacher_info, ctx.job.budget
     p90 = info["latency_ms"]["p90"]
     verdict = "within budget" if p90 <= budget.latency_ms else "over budget"
-    where = {
-        "measured-host": "measured on this host",
-        "measured-device": f"measured on {info.get('device')}",
-    }.get(info["latency_source"], f"predicted on {ctx.job.profile.name}")
+    where = latency_where(info["latency_source"], info.get("device"), ctx.job.profile.name)
     if ctx.job.quick:
         where += " (not timed: --quick)"
     return (
@@ -343,7 +340,7 @@ def repredict_teacher(ctx: Context) -> None:
     """``--quick``: predict the teacher's cost again once this run has measured students, whose errors
     correct the prediction (before them it rests on stored calibration of other models alone)."""
     info = ctx.teacher_info
-    if info.get("latency_source") != "predicted" or not ctx.latency.observed:
+    if not ctx.job.quick or not ctx.latency.observed:  # otherwise the teacher was timed like a student
         return
     before = info["latency_ms"]["p90"]
     info.update(predicted_teacher(ctx, ctx.teacher_features))

@@ -38,6 +38,17 @@ KNOWN_TARGETS = ("onnx", "executorch", "executorch-coreml", "tflite", "coreml")
 PRECISIONS = ("fp32", "fp16", "int8")
 ARCHES = ("arm64", "armv7", "armv7e-m", "armv8-m", "riscv32", "riscv64", "x86_64", "xtensa")
 MEASURED_SOURCE = "measured on this host"
+
+
+def latency_where(source: str | None, device: str | None, profile: str) -> str:
+    """Where a reported latency comes from, as the console says it ("measured on this host", ...)."""
+    if source == "measured-host":
+        return MEASURED_SOURCE
+    if source == "measured-device":
+        return f"measured on {device}"
+    return f"predicted on {profile}"
+
+
 BUDGET_FIELDS = ("latency_ms", "memory_mb", "size_mb")
 # Floors a student must stay above: accuracy retained from the teacher, and (phones) the share of the
 # graph's ops a target runs on the accelerator, where the target reports it. Both are fractions in (0, 1].
